@@ -168,9 +168,18 @@ class Config:
 
 
 _DURATION_KEYS = {
-    "login_timeout", "keepalive_interval", "skew", "connect_timeout",
-    "revocation_poll", "default_ttl", "max_ttl", "invitation_ttl",
-    "lockout_window", "timeout", "start_timeout", "head_interval",
+    "login_timeout",
+    "keepalive_interval",
+    "skew",
+    "connect_timeout",
+    "revocation_poll",
+    "default_ttl",
+    "max_ttl",
+    "invitation_ttl",
+    "lockout_window",
+    "timeout",
+    "start_timeout",
+    "head_interval",
     "cache_seconds",
 }
 
@@ -212,7 +221,7 @@ def _apply_environment(
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "STATE":
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
         if section not in sections or not key:
             problems.append(f"{name}: no such setting")
             continue
@@ -318,9 +327,7 @@ def _cross_check(config: Config) -> list[str]:
             problems.append(f"{key}: {exc}")
     certs = config.certificates
     if certs.default_ttl > certs.max_ttl:
-        problems.append(
-            "certificates.default_ttl is longer than certificates.max_ttl"
-        )
+        problems.append("certificates.default_ttl is longer than certificates.max_ttl")
     for network in certs.source_addresses:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -24,12 +24,8 @@ def upgrade() -> None:
         sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("password_hash", sa.Text),
         sa.Column("totp_secret", sa.Text),
-        sa.Column(
-            "totp_active", sa.Boolean, nullable=False, server_default=sa.false()
-        ),
-        sa.Column(
-            "totp_last_step", sa.BigInteger, nullable=False, server_default="0"
-        ),
+        sa.Column("totp_active", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("totp_last_step", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("public_key", sa.Text),
         sa.Column("created_at", TZ, nullable=False),
     )

@@ -1,0 +1,560 @@
+"""The bastion: an SSH server that accepts only this appliance's short-lived
+user certificates and forwards only to the targets they were issued for.
+
+People reach it with stock OpenSSH, ``ssh -J alice@bastion alice@web01``.
+Authentication is public key with a certificate and nothing else; the
+bastion adds its own checks to asyncssh's (see :mod:`.certificate`),
+records the reason for each refusal, and looks up the grant behind the
+certificate's serial. The only channels it opens are ``direct-tcpip``
+ones to the granted target, relayed by :mod:`.forward`. When a
+certificate reaches ``valid_before``, or its serial is revoked, the
+connection and its tunnels are closed with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import signal
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncssh
+
+from . import access
+from .certificate import (
+    CERT_TYPE_USER,
+    Certificate,
+    MalformedCertificate,
+    Offer,
+    Rules,
+    format_timestamp,
+    is_certificate_blob,
+    judge,
+    parse_certificate,
+)
+from .config import parse_hostport
+from .errors import BastionError, NotFound, Refused
+from .forward import ConnectFailed, Tunnel, open_tunnel
+from .inventory import Target
+from .names import is_login_name
+from .state import State
+
+logger = logging.getLogger(__name__)
+
+ONLY_FORWARDS = (
+    "jit-bastion only forwards connections to granted targets: "
+    "use ssh -J USER@BASTION USER@TARGET"
+)
+
+
+class Bastion:
+    """Listens for SSH connections and keeps track of the live ones."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.rules = Rules(
+            ca_key=state.ca.user_ca_key().public_data,
+            max_lifetime=state.config.certificates.max_ttl,
+            skew=state.config.ssh.skew,
+        )
+        self.connections: set[BastionConnection] = set()
+        self._ids = itertools.count(1)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self) -> asyncssh.SSHAcceptor:
+        """Start listening on the configured address."""
+        ssh = self.state.config.ssh
+        host, port = parse_hostport(ssh.listen, 2222)
+        self.state.write_host_certificate()
+        self._server = await asyncssh.create_server(
+            self._new_connection,
+            host,
+            port,
+            server_host_keys=[str(self.state.host_key_path)],
+            server_host_certs=[str(self.state.host_certificate_path)],
+            public_key_auth=True,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_pty=False,
+            login_timeout=ssh.login_timeout,
+            keepalive_interval=ssh.keepalive_interval,
+            keepalive_count_max=3,
+            encryption_algs=list(ssh.ciphers),
+        )
+        self.spawn(self._watch_revocations())
+        logger.info(
+            "Bastion listening on %s, user CA %s",
+            ssh.listen,
+            self.state.ca.user_fingerprint,
+        )
+
+        return self._server
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then close every connection."""
+        server = await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("Shutting down: closing %d connections", len(self.connections))
+        server.close()
+        for connection in list(self.connections):
+            connection.close_with("the bastion is shutting down")
+        await server.wait_closed()
+        await self.drain()
+
+    def _new_connection(self) -> BastionConnection:
+        return BastionConnection(self, f"c{next(self._ids)}")
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference to it."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def audit(self, kind: str, **fields: Any) -> None:
+        """Record an audit event from a worker thread, off the event loop."""
+        self.spawn(asyncio.to_thread(self.state.auditor.record, kind, **fields))
+
+    async def drain(self) -> None:
+        """Wait for background audit writes to finish."""
+        pending = [t for t in self._background if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+    async def _watch_revocations(self) -> None:
+        """Close connections whose certificate was revoked, within seconds."""
+        interval = self.state.config.ssh.revocation_poll
+        while True:
+            await asyncio.sleep(interval)
+            live = {c.serial: c for c in self.connections if c.serial is not None}
+            if not live:
+                continue
+            try:
+                revoked = await asyncio.to_thread(
+                    access.revoked_among, self.state.engine, list(live)
+                )
+            except Exception:
+                logger.exception("Could not read revocations; will retry")
+                continue
+            for serial in revoked:
+                live[serial].close_with("certificate revoked")
+
+
+class BastionConnection(asyncssh.SSHServer):
+    """One client connection: authentication, then tunnels."""
+
+    def __init__(self, bastion: Bastion, conn_id: str) -> None:
+        self._bastion = bastion
+        self._state = bastion.state
+        self.conn_id = conn_id
+        self.peer = "?"
+        self.login = "?"
+        self.certificate: Certificate | None = None
+        self.grant: access.Grant | None = None
+        self.tunnels: set[Tunnel] = set()
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._login_refusal: str | None = None
+        self._verdicts: dict[bytes, str | None] = {}
+        self._grants: dict[bytes, access.Grant] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing_reason: str | None = None
+
+    @property
+    def serial(self) -> int | None:
+        """The serial of the certificate this connection logged in with."""
+        return self.certificate.serial if self.certificate else None
+
+    def _log(self, level: int, message: str, *args: Any) -> None:
+        logger.log(
+            level, "[%s %s@%s] " + message, self.conn_id, self.login, self.peer, *args
+        )
+
+    # Connection events.
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Note the real peer and put the bastion's checks in front."""
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        self._bastion.connections.add(self)
+        _wrap_certificate_checks(conn, self)
+        self._log(logging.INFO, "Connection opened")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection and record how it ended."""
+        self._bastion.connections.discard(self)
+        if self._expiry:
+            self._expiry.cancel()
+        reason = self._closing_reason or (str(exc) if exc else "closed by client")
+        self._log(logging.INFO, "Connection closed: %s", reason)
+        if self.certificate:
+            self._bastion.audit(
+                "connection.closed",
+                actor=self.login,
+                source=self.peer,
+                serial=self.serial,
+                key_id=self.certificate.key_id,
+                reason=reason,
+                outcome="closed",
+            )
+
+    def begin_auth(self, username: str) -> bool:
+        """Refuse login names that are not plain POSIX names, up front."""
+        self.login = username if is_login_name(username) else repr(username)
+        if not is_login_name(username):
+            self._login_refusal = f"login name {username!r} is not allowed"
+            self._refuse_auth(self._login_refusal)
+
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Plain public keys are never accepted: deny by default."""
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Accept only the appliance's user CA; deny any other."""
+        return key.public_data == self._bastion.rules.ca_key
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def auth_completed(self) -> None:
+        """Start the clock that ends the connection with the certificate."""
+        assert self.certificate is not None and self.grant is not None
+        cert = self.certificate
+        self._log(
+            logging.INFO,
+            "Authenticated with certificate %d (%s), valid until %s",
+            cert.serial,
+            cert.key_id,
+            format_timestamp(cert.valid_before),
+        )
+        self._bastion.audit(
+            "auth.accepted",
+            actor=self.login,
+            source=self.peer,
+            serial=cert.serial,
+            key_id=cert.key_id,
+            target=self.grant.target,
+            request_id=self.grant.request_id,
+            outcome="accepted",
+        )
+        delay = max(0.0, cert.valid_before - time.time())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(delay, self._certificate_expired)
+
+    def _certificate_expired(self) -> None:
+        if self._state.config.ssh.close_on_expiry:
+            self.close_with("certificate expired")
+        else:
+            self._log(logging.INFO, "Certificate expired; sessions are kept open")
+
+    def close_with(self, reason: str) -> None:
+        """Close every tunnel and the connection, recording ``reason``."""
+        if self._closing_reason or self._conn is None:
+            return
+        self._closing_reason = reason
+        self._log(logging.INFO, "Closing connection: %s", reason)
+        for tunnel in list(self.tunnels):
+            tunnel.close(reason)
+        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
+
+    # Authentication, called through the wrapper around asyncssh's checks.
+
+    async def judge_offer(self, username: str, key_data: bytes) -> str | None:
+        """Return why an offered key must be refused, or None to go on."""
+        if key_data in self._verdicts:
+            return self._verdicts[key_data]
+        reason = self._login_refusal or await self._judge(username, key_data)
+        self._verdicts[key_data] = reason
+        if reason:
+            self._refuse_auth(reason, key_data)
+
+        return reason
+
+    async def _judge(self, username: str, key_data: bytes) -> str | None:
+        if not is_certificate_blob(key_data):
+            return "a plain public key was offered; only certificates are accepted"
+        try:
+            cert = parse_certificate(key_data)
+        except MalformedCertificate as exc:
+            return f"malformed certificate: {exc}"
+        offer = Offer(username, self.peer, time.time())
+        reason = judge(cert, offer, self._bastion.rules)
+        if reason:
+            return reason
+        try:
+            grant = await asyncio.to_thread(
+                access.find_grant, self._state.engine, cert.serial
+            )
+        except NotFound:
+            return f"serial {cert.serial} was not issued by this appliance"
+        if grant.revoked:
+            return f"certificate serial {cert.serial} is revoked"
+        if grant.user != username:
+            return f"certificate was issued to {grant.user!r}, not {username!r}"
+        self._grants[key_data] = grant
+
+        return None
+
+    def accept_offer(self, key_data: bytes) -> None:
+        """Remember the certificate whose signature asyncssh just verified."""
+        self.certificate = parse_certificate(key_data)
+        self.grant = self._grants[key_data]
+
+    def _refuse_auth(self, reason: str, key_data: bytes | None = None) -> None:
+        serial = key_id = None
+        if key_data and is_certificate_blob(key_data):
+            try:
+                cert = parse_certificate(key_data)
+                serial, key_id = cert.serial, cert.key_id
+            except MalformedCertificate:
+                pass
+        self._log(logging.WARNING, "Refused authentication: %s", reason)
+        self._bastion.audit(
+            "auth.refused",
+            actor=self.login,
+            source=self.peer,
+            serial=serial,
+            key_id=key_id,
+            reason=reason,
+            outcome="refused",
+        )
+
+    # Channels.
+
+    def session_requested(self) -> bool:
+        """Shells, commands and subsystems are refused: the bastion forwards."""
+        self._log(logging.INFO, "Refused a session channel")
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, ONLY_FORWARDS
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """Remote forwarding (``ssh -R``) is refused."""
+        self._log(
+            logging.INFO, "Refused remote forwarding of %s:%d", listen_host, listen_port
+        )
+        self._bastion.audit(
+            "tunnel.refused",
+            actor=self.login,
+            source=self.peer,
+            serial=self.serial,
+            reason="remote forwarding is not supported",
+            outcome="refused",
+            listen=f"{listen_host}:{listen_port}",
+        )
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        """Forwarding to UNIX sockets is refused."""
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, ONLY_FORWARDS
+        )
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[Tunnel]:
+        """Open a tunnel to a granted target; the work runs in a coroutine."""
+        return self._open_tunnel(dest_host, dest_port)
+
+    async def _open_tunnel(self, dest_host: str, dest_port: int) -> Tunnel:
+        where = f"{dest_host}:{dest_port}"
+        try:
+            target, port = await self._locate(dest_host, dest_port)
+            tunnel = await open_tunnel(
+                target.host,
+                port,
+                self._state.config.ssh.connect_timeout,
+                functools.partial(self._tunnel_closed, target),
+            )
+        except ConnectFailed as exc:
+            self._refuse_tunnel(
+                where, f"target {dest_host!r} {exc}", asyncssh.OPEN_CONNECT_FAILED
+            )
+        except BastionError as exc:
+            self._refuse_tunnel(
+                where, str(exc), asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+            )
+        self.tunnels.add(tunnel)
+        self._log(
+            logging.INFO, "Tunnel opened to %s (%s:%d)", target.name, target.host, port
+        )
+        self._bastion.audit(
+            "tunnel.opened",
+            actor=self.login,
+            source=self.peer,
+            target=target.name,
+            serial=self.serial,
+            key_id=self._key_id,
+            request_id=self.grant.request_id if self.grant else None,
+            outcome="opened",
+            port=dest_port,
+        )
+
+        return tunnel
+
+    @property
+    def _key_id(self) -> str | None:
+        return self.certificate.key_id if self.certificate else None
+
+    async def _locate(self, dest_host: str, dest_port: int) -> tuple[Target, int]:
+        """Return the granted target a client named, and the port to use.
+
+        Deny by default: the only address ever connected to is the one
+        the inventory holds for the granted target's name, whatever
+        address or alias the client asks for.
+        """
+        grant = self.grant
+        assert grant is not None
+        grant = await asyncio.to_thread(
+            access.find_grant, self._state.engine, grant.serial
+        )
+        if grant.revoked:
+            raise Refused("the certificate was revoked")
+        if dest_host.lower() != grant.target.lower():
+            raise await self._not_granted(dest_host, grant)
+        if dest_port not in grant.ports:
+            allowed = ", ".join(str(p) for p in grant.ports)
+            raise Refused(
+                f"port {dest_port} is not allowed on {grant.target!r} "
+                f"(allowed: {allowed})"
+            )
+        target = await asyncio.to_thread(
+            access.resolve_target, self._state, grant.target
+        )
+        # Port 22 means "the target's SSH port", wherever it listens.
+        port = target.port if dest_port == 22 else dest_port
+
+        return target, port
+
+    async def _not_granted(self, dest_host: str, grant: access.Grant) -> BastionError:
+        try:
+            await asyncio.to_thread(access.resolve_target, self._state, dest_host)
+        except BastionError:
+            return NotFound(
+                f"unknown target {dest_host!r}: name a target, as granted: "
+                f"{grant.target!r}"
+            )
+        return Refused(
+            f"target {dest_host!r} is not granted to this certificate "
+            f"(granted: {grant.target!r})"
+        )
+
+    def _refuse_tunnel(self, where: str, reason: str, code: int) -> Any:
+        self._log(logging.WARNING, "Refused tunnel to %s: %s", where, reason)
+        self._bastion.audit(
+            "tunnel.refused",
+            actor=self.login,
+            source=self.peer,
+            target=where,
+            serial=self.serial,
+            key_id=self._key_id,
+            reason=reason,
+            outcome="refused",
+        )
+        raise asyncssh.ChannelOpenError(code, reason)
+
+    def _tunnel_closed(self, target: Target, tunnel: Tunnel, reason: str) -> None:
+        self.tunnels.discard(tunnel)
+        stats = tunnel.stats
+        self._log(
+            logging.INFO,
+            "Tunnel to %s closed after %.1fs, %d bytes in, %d out: %s",
+            target.name,
+            stats.duration,
+            stats.bytes_to_target,
+            stats.bytes_from_target,
+            reason,
+        )
+        self._bastion.audit(
+            "tunnel.closed",
+            actor=self.login,
+            source=self.peer,
+            target=target.name,
+            serial=self.serial,
+            key_id=self._key_id,
+            request_id=self.grant.request_id if self.grant else None,
+            reason=reason,
+            outcome="closed",
+            bytes_to_target=stats.bytes_to_target,
+            bytes_from_target=stats.bytes_from_target,
+            duration=round(stats.duration, 3),
+        )
+
+
+def _wrap_certificate_checks(
+    conn: asyncssh.SSHServerConnection, owner: BastionConnection
+) -> None:
+    """Put the bastion's checks in front of asyncssh's, and keep both.
+
+    asyncssh keeps no record of the certificate a client logged in with
+    and checks ``valid_after`` with no skew. So, for this connection
+    only: its public-key validation first asks the bastion (which
+    refuses with a reason, or lets asyncssh run all of its own checks),
+    and the window check on the one certificate object being validated
+    allows the configured skew on its start. Integration tests cover
+    both, because they touch asyncssh internals.
+    """
+    for name in ("validate_public_key", "_validate_openssh_certificate"):
+        if not hasattr(conn, name):
+            raise RuntimeError(
+                f"asyncssh {asyncssh.__version__} has no {name}; "
+                "jit-bastion needs asyncssh 2.24"
+            )
+    original_validate = conn.validate_public_key
+    original_certificate = conn._validate_openssh_certificate
+    skew = owner._bastion.rules.skew
+
+    async def validate_public_key(
+        username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        if await owner.judge_offer(username, key_data):
+            return False
+        accepted = await original_validate(username, key_data, msg, signature)
+        if accepted and msg:
+            owner.accept_offer(key_data)
+        return accepted
+
+    async def validate_certificate(username: str, cert: Any) -> asyncssh.SSHKey | None:
+        parsed = parse_certificate(cert.public_data)
+        cert.validate = functools.partial(_validate_with_skew, parsed, skew)
+        return await original_certificate(username, cert)
+
+    conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
+    conn._validate_openssh_certificate = (  # type: ignore[method-assign]
+        validate_certificate
+    )
+
+
+def _validate_with_skew(
+    cert: Certificate, skew: int, cert_type: int, principal: str | None
+) -> None:
+    """asyncssh's certificate check, with a skew allowance on the start."""
+    if cert.cert_type != CERT_TYPE_USER or cert_type != CERT_TYPE_USER:
+        raise ValueError("Invalid certificate type")
+    now = time.time()
+    if now + skew < cert.valid_after:
+        raise ValueError("Certificate not yet valid")
+    if now >= cert.valid_before:
+        raise ValueError("Certificate expired")
+    if principal is not None and principal not in cert.principals:
+        raise ValueError("Certificate principal mismatch")

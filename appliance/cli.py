@@ -1,0 +1,342 @@
+"""``jit-bastion``: the appliance's service and admin command.
+
+Every command works on one state directory, named by ``--state`` or
+``JIT_BASTION_STATE`` (default ``/var/lib/jit-bastion``). Errors print
+one line per problem and exit non-zero; nothing prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__, access, audit, identity, inventory, policy
+from .config import load_config, parse_duration, parse_hostport, state_dir
+from .errors import BastionError, ConfigError, InputError
+from .state import State, initialize
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except BastionError as exc:
+        for line in str(exc).splitlines():
+            print(f"jit-bastion: {line}", file=sys.stderr)
+        return 2 if isinstance(exc, InputError | ConfigError) else 1
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to standard error; proxmoxer stays at WARNING (it logs bodies)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("proxmoxer").setLevel(logging.WARNING)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe every command and its options."""
+    parser = argparse.ArgumentParser(
+        prog="jit-bastion", description="Just-in-time SSH access for Proxmox VE."
+    )
+    parser.add_argument("--state", help="state directory (JIT_BASTION_STATE)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_init(commands)
+    _add_user(commands)
+    _add_target(commands)
+    _add_cert(commands)
+    _add_ca(commands)
+    _add_serve(commands)
+    _add_audit(commands)
+    check = commands.add_parser("check", help="validate config and state")
+    check.set_defaults(handler=cmd_check)
+
+    return parser
+
+
+def _add_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = commands.add_parser("init", help="create a new state directory")
+    init.add_argument("--name", help="the bastion's DNS name")
+    init.add_argument("--ssh-listen", metavar="HOST:PORT")
+    init.add_argument("--web-listen", metavar="HOST:PORT")
+    init.set_defaults(handler=cmd_init)
+
+
+def _add_user(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    user = commands.add_parser("user", help="manage people").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    add = user.add_parser("add", help="create a user")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="give the admin role")
+    add.add_argument("--groups", default="", help="comma-separated groups")
+    add.set_defaults(handler=cmd_user_add)
+    listing = user.add_parser("list", help="list users")
+    listing.set_defaults(handler=cmd_user_list)
+
+
+def _add_target(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    target = commands.add_parser("target", help="manage static targets")
+    actions = target.add_subparsers(required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="register a static target")
+    add.add_argument("name")
+    add.add_argument("address", metavar="HOST[:PORT]")
+    add.set_defaults(handler=cmd_target_add)
+    targets = commands.add_parser("targets", help="list targets")
+    targets.add_argument("--json", action="store_true")
+    targets.set_defaults(handler=cmd_targets)
+
+
+def _add_cert(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cert = commands.add_parser("cert", help="issue and revoke certificates")
+    actions = cert.add_subparsers(required=True, metavar="ACTION")
+    issue = actions.add_parser("issue", help="issue a certificate (operator)")
+    issue.add_argument("user")
+    issue.add_argument("--public-key", required=True, type=Path, metavar="FILE")
+    issue.add_argument("--target", required=True)
+    issue.add_argument("--reason", required=True)
+    issue.add_argument("--ttl", help="lifetime, e.g. 15m (default from config)")
+    issue.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the certificate here (default: stdout)",
+    )
+    issue.set_defaults(handler=cmd_cert_issue)
+    revoke = actions.add_parser("revoke", help="revoke a certificate by serial")
+    revoke.add_argument("serial", type=int)
+    revoke.add_argument("--reason", default="")
+    revoke.set_defaults(handler=cmd_cert_revoke)
+
+
+def _add_ca(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ca = commands.add_parser("ca", help="show the CA keys")
+    actions = ca.add_subparsers(required=True, metavar="ACTION")
+    user = actions.add_parser("show-user-key", help="line for TrustedUserCAKeys")
+    user.set_defaults(handler=cmd_ca_show_user_key)
+    host = actions.add_parser("show-host-key", help="line for known_hosts")
+    host.set_defaults(handler=cmd_ca_show_host_key)
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="run a service")
+    services = serve.add_subparsers(required=True, metavar="SERVICE")
+    ssh = services.add_parser("ssh", help="run the SSH bastion")
+    ssh.set_defaults(handler=cmd_serve_ssh)
+
+
+def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit_parser = commands.add_parser("audit", help="read the audit trail")
+    actions = audit_parser.add_subparsers(required=True, metavar="ACTION")
+    verify = actions.add_parser("verify", help="check the hash chain")
+    verify.set_defaults(handler=cmd_audit_verify)
+
+
+def open_state(args: argparse.Namespace) -> State:
+    """Open the state directory the arguments name."""
+    return State.open(state_dir(args.state))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the state directory and print what to do next."""
+    path = state_dir(args.state)
+    state = initialize(
+        path, name=args.name, ssh_listen=args.ssh_listen, web_listen=args.web_listen
+    )
+    print(f"Initialised {path}")
+    print(f"User CA: {state.ca.user_fingerprint}")
+    print("Next: jit-bastion user add NAME; jit-bastion target add NAME HOST")
+
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    """Create a user account."""
+    state = open_state(args)
+    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+    role = "admin" if args.admin else "user"
+    user = identity.add_user(state.engine, args.name, role=role, groups=groups)
+    state.auditor.record("user.added", actor="cli", target=user.name, role=role)
+    print(f"Added {role} {user.name}")
+
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """Print every user with role, groups and whether disabled."""
+    state = open_state(args)
+    for user in identity.list_users(state.engine):
+        flags = " (disabled)" if user.disabled else ""
+        print(f"{user.name}\t{user.role}\t{','.join(user.groups)}{flags}")
+
+    return 0
+
+
+def cmd_target_add(args: argparse.Namespace) -> int:
+    """Register a static target at HOST[:PORT]."""
+    state = open_state(args)
+    try:
+        host, port = parse_hostport(args.address, 22)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    target = inventory.add_static_target(state.engine, args.name, host, port)
+    state.auditor.record(
+        "target.added", actor="cli", target=target.name, address=f"{host}:{port}"
+    )
+    print(f"Added target {target.name} at {host}:{port}")
+
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    """List the targets: name, kind, node, status, address."""
+    state = open_state(args)
+    rows = [
+        {
+            "name": t.name,
+            "kind": t.kind,
+            "node": t.node or "-",
+            "status": t.status,
+            "address": f"{t.host}:{t.port}",
+        }
+        for t in inventory.list_static_targets(state.engine)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print("\t".join(str(v) for v in row.values()))
+
+    return 0
+
+
+def cmd_cert_issue(args: argparse.Namespace) -> int:
+    """Issue a certificate as the operator: recorded like any other."""
+    state = open_state(args)
+    try:
+        public_key = args.public_key.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {args.public_key}: {exc.strerror}") from None
+    issued = access.issue_certificate(
+        state,
+        user=args.user,
+        target=args.target,
+        reason=args.reason,
+        public_key=public_key,
+        ttl=args.ttl,
+        source="local",
+        via="cli",
+    )
+    if args.out:
+        args.out.write_text(issued.certificate + "\n")
+        print(
+            f"Wrote {args.out}: serial {issued.serial}, valid until "
+            f"{issued.valid_before:%Y-%m-%d %H:%M:%S %Z}",
+            file=sys.stderr,
+        )
+    else:
+        print(issued.certificate)
+
+    return 0
+
+
+def cmd_cert_revoke(args: argparse.Namespace) -> int:
+    """Revoke a certificate; the bastion closes its tunnels."""
+    state = open_state(args)
+    access.revoke(state, args.serial, by="cli", reason=args.reason)
+    print(f"Revoked {args.serial}")
+
+    return 0
+
+
+def cmd_ca_show_user_key(args: argparse.Namespace) -> int:
+    """Print the user CA line for a target's TrustedUserCAKeys."""
+    print(open_state(args).ca.user_public_line())
+    return 0
+
+
+def cmd_ca_show_host_key(args: argparse.Namespace) -> int:
+    """Print the @cert-authority line for a client's known_hosts."""
+    state = open_state(args)
+    print(state.ca.known_hosts_line(state.host_names()))
+    return 0
+
+
+def cmd_serve_ssh(args: argparse.Namespace) -> int:
+    """Run the SSH bastion until SIGTERM."""
+    from .bastion import Bastion
+
+    state = open_state(args)
+    asyncio.run(Bastion(state).serve_forever())
+
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit chain; report the first broken event."""
+    state = open_state(args)
+    count, problem = audit.verify_chain(state.engine)
+    if problem:
+        print(f"audit chain broken at event {problem.seq}: {problem.message}")
+        print(f"({count} events before it verified)")
+        return 1
+    print(f"audit chain verified: {count} events")
+
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate config and state; print one line per problem."""
+    path = state_dir(args.state)
+    problems = check_state(path)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{path}: OK")
+
+    return 1 if problems else 0
+
+
+def check_state(path: Path) -> list[str]:
+    """Return every problem with a state directory, one line each."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return str(exc).splitlines()
+    problems = policy.check_rules(config.policy)
+    try:
+        state = State.open(path)
+        state.ca.user_public_line()
+        from . import store
+
+        if store.current_revision(state.engine) is None:
+            problems.append("the database has no schema: run init")
+    except BastionError as exc:
+        problems.extend(str(exc).splitlines())
+    if config.certificates.max_ttl < parse_duration("1m"):
+        problems.append("certificates.max_ttl is shorter than a minute")
+
+    return problems
+
+
+if __name__ == "__main__":
+    sys.exit(main())

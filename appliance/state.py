@@ -1,0 +1,133 @@
+"""The state directory: config, CA keys, host key, database.
+
+Everything the appliance keeps lives under one directory (default
+``/var/lib/jit-bastion``), so one volume or one backup holds it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import asyncssh
+from sqlalchemy.engine import Engine
+
+from . import store
+from .audit import Auditor
+from .ca import CertificateAuthority, read_private_key, write_private_key
+from .config import (
+    CONFIG_NAME,
+    Config,
+    example_config_text,
+    load_config,
+    parse_hostport,
+)
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """An opened state directory with its config and database."""
+
+    path: Path
+    config: Config
+    engine: Engine = field(repr=False)
+    auditor: Auditor = field(repr=False)
+
+    @classmethod
+    def open(cls, path: Path) -> State:
+        """Load the config and connect to the database of ``path``."""
+        if not (path / CONFIG_NAME).exists():
+            raise ConfigError(
+                f"{path} holds no {CONFIG_NAME}: run "
+                f"'jit-bastion --state {path} init' first"
+            )
+        config = load_config(path)
+        url = store.database_url(config.appliance.database_url, path)
+        engine = store.create_engine(url)
+
+        return cls(path, config, engine, Auditor(engine))
+
+    @cached_property
+    def ca(self) -> CertificateAuthority:
+        """The certificate authority, read on first use."""
+        return CertificateAuthority.load(self.path)
+
+    @property
+    def host_key_path(self) -> Path:
+        """The bastion's own host key."""
+        return self.path / "ssh" / "host_key"
+
+    @property
+    def host_certificate_path(self) -> Path:
+        """The host certificate that the host CA signed for the bastion."""
+        return self.path / "ssh" / "host_key-cert.pub"
+
+    def host_names(self) -> list[str]:
+        """The names a host certificate must cover: DNS name and address."""
+        names = [self.config.appliance.name]
+        host, _ = parse_hostport(self.config.ssh.listen, 2222)
+        if host not in ("0.0.0.0", "::", *names):  # noqa: S104 (not a bind)
+            names.append(host)
+
+        return names
+
+    def write_host_certificate(self) -> None:
+        """Sign the host key for the current names and write the cert."""
+        host_key = read_private_key(self.host_key_path)
+        cert = self.ca.issue_host_certificate(
+            host_key, self.host_names(), secrets.randbits(63)
+        )
+        cert.write_certificate(self.host_certificate_path)
+
+
+def initialize(
+    path: Path,
+    *,
+    name: str | None = None,
+    ssh_listen: str | None = None,
+    web_listen: str | None = None,
+) -> State:
+    """Create a new state directory: config, CA, host key, database."""
+    if (path / CONFIG_NAME).exists():
+        raise ConfigError(f"{path} is initialised already")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    text = example_config_text()
+    for section, key, value in (
+        ("appliance", "name", name),
+        ("ssh", "listen", ssh_listen),
+        ("web", "listen", web_listen),
+    ):
+        if value is not None:
+            text = set_config_value(text, section, key, value)
+    (path / CONFIG_NAME).write_text(text)
+    state = State.open(path)
+    store.upgrade(state.engine)
+    CertificateAuthority.generate(path)
+    host_key = asyncssh.generate_private_key("ssh-ed25519", comment="jit-bastion")
+    write_private_key(host_key, state.host_key_path)
+    state.write_host_certificate()
+    state.auditor.record("appliance.initialised", actor="cli", target=name)
+
+    return state
+
+
+def set_config_value(text: str, section: str, key: str, value: str) -> str:
+    """Replace one string key of one table in commented TOML text."""
+    table = re.search(rf"^\[{re.escape(section)}\]$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    if table is None:
+        raise ConfigError(f"no [{section}] table in the config template")
+    line = re.compile(rf"^{re.escape(key)} = .*$", re.M)
+    quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    body, count = line.subn(lambda _: f"{key} = {quoted}", table[1], count=1)
+    if count != 1:
+        raise ConfigError(f"no {section}.{key} in the config template")
+
+    return text[: table.start(1)] + body + text[table.end(1) :]
