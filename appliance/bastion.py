@@ -65,6 +65,7 @@ class Bastion:
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self._server: asyncssh.SSHAcceptor | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> asyncssh.SSHAcceptor:
         """Start listening on the configured address."""
@@ -90,7 +91,7 @@ class Bastion:
             keepalive_count_max=3,
             encryption_algs=list(ssh.ciphers),
         )
-        self.spawn(self._watch_revocations())
+        self._watcher = asyncio.create_task(self._watch_revocations())
         logger.info(
             "Bastion listening on %s, user CA %s",
             ssh.listen,
@@ -112,7 +113,7 @@ class Bastion:
         for connection in list(self.connections):
             connection.close_with("the bastion is shutting down")
         await server.wait_closed()
-        await self.drain()
+        await self.close()
 
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, f"c{next(self._ids)}")
@@ -127,8 +128,10 @@ class Bastion:
         """Record an audit event from a worker thread, off the event loop."""
         self.spawn(asyncio.to_thread(self.state.auditor.record, kind, **fields))
 
-    async def drain(self) -> None:
-        """Wait for background audit writes to finish."""
+    async def close(self) -> None:
+        """Stop watching revocations and wait for audit writes to finish."""
+        if self._watcher:
+            self._watcher.cancel()
         pending = [t for t in self._background if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)

@@ -78,6 +78,7 @@ def _add_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     init.add_argument("--name", help="the bastion's DNS name")
     init.add_argument("--ssh-listen", metavar="HOST:PORT")
     init.add_argument("--web-listen", metavar="HOST:PORT")
+    init.add_argument("--database-url", help="SQLAlchemy URL (default SQLite)")
     init.set_defaults(handler=cmd_init)
 
 
@@ -160,7 +161,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     """Create the state directory and print what to do next."""
     path = state_dir(args.state)
     state = initialize(
-        path, name=args.name, ssh_listen=args.ssh_listen, web_listen=args.web_listen
+        path,
+        name=args.name,
+        ssh_listen=args.ssh_listen,
+        web_listen=args.web_listen,
+        database_url=args.database_url,
     )
     print(f"Initialised {path}")
     print(f"User CA: {state.ca.user_fingerprint}")

@@ -93,6 +93,7 @@ def initialize(
     name: str | None = None,
     ssh_listen: str | None = None,
     web_listen: str | None = None,
+    database_url: str | None = None,
 ) -> State:
     """Create a new state directory: config, CA, host key, database."""
     if (path / CONFIG_NAME).exists():
@@ -104,6 +105,7 @@ def initialize(
         ("appliance", "name", name),
         ("ssh", "listen", ssh_listen),
         ("web", "listen", web_listen),
+        ("appliance", "database_url", database_url),
     ):
         if value is not None:
             text = set_config_value(text, section, key, value)

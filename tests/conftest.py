@@ -1,0 +1,105 @@
+"""Fixtures that start real parts: namespaces, sshd targets, the bastion."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.identity import add_user
+from appliance.inventory import add_static_target
+from tests.harness import ApplianceUnderTest, Client, SSHDTarget
+from tests.netlab import IS_ROOT, Network, remove_stale_namespaces
+
+POSTGRES_ADMIN = os.environ.get(
+    "JIT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def network() -> Iterator[Network]:
+    """Hosts in network namespaces (as root) or on loopback."""
+    remove_stale_namespaces()
+    net = Network()
+    yield net
+    net.close()
+
+
+@pytest.fixture(scope="session")
+def person() -> str:
+    """The login of the person under test; a real account on the targets."""
+    if not IS_ROOT:
+        return getpass.getuser()
+    for name in ("alice", "bob"):
+        if subprocess.run(["id", name], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+        # sshd without PAM refuses a locked account; '*' is unlocked, no password.
+        subprocess.run(["usermod", "-p", "*", name], check=True)
+    return "alice"
+
+
+def _create_postgres_database() -> str:
+    """Create an empty PostgreSQL database; return its URL."""
+    import sqlalchemy as sa
+
+    name = f"jb_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN} is not reachable: {exc}")
+    finally:
+        admin.dispose()
+    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each store test runs on SQLite (None: the default) and PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    return _create_postgres_database()
+
+
+@pytest.fixture
+def appliance(network: Network, tmp_path: Path) -> Iterator[ApplianceUnderTest]:
+    """An initialised appliance whose bastion is not started yet."""
+    under_test = ApplianceUnderTest(network.host("bastion"), tmp_path / "appliance")
+    under_test.directory.mkdir()
+    yield under_test.init()
+    under_test.stop()
+
+
+@pytest.fixture
+def target(
+    network: Network, appliance: ApplianceUnderTest, tmp_path: Path, person: str
+) -> Iterator[SSHDTarget]:
+    """A real sshd called web01 that trusts the appliance's user CA."""
+    host = network.host("web01")
+    sshd = SSHDTarget("web01", host, tmp_path / "web01", appliance.user_ca_file())
+    sshd.port = host.free_port(22)
+    sshd.start()
+    add_static_target(appliance.state.engine, "web01", host.address, sshd.port)
+    yield sshd
+    sshd.stop()
+
+
+@pytest.fixture
+def client(network: Network, tmp_path: Path, person: str) -> Client:
+    """OpenSSH's ssh in a host of its own."""
+    directory = tmp_path / "client"
+    directory.mkdir()
+    return Client(network.host("client"), directory, person)
+
+
+@pytest.fixture
+def alice(appliance: ApplianceUnderTest, person: str) -> str:
+    """The person, as a user of the appliance."""
+    add_user(appliance.state.engine, person)
+    return person
