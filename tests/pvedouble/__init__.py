@@ -11,6 +11,7 @@ hand::
         ...  # proxmoxer at pve.url with verify_ssl=str(files.ca)
 """
 
+import socket
 import uuid
 
 from .cluster import Cluster, Failure, Guest, Node, Token
@@ -21,6 +22,13 @@ from .tls import TLSFiles, write_tls_files
 TOKEN_ID = "bastion@pve!jit"
 #: Fresh for every run, so a test can look for it in logs.
 TOKEN_SECRET = str(uuid.uuid4())
+
+
+def backing(server: socket.socket) -> str:
+    """Return ``host:port`` of a listening socket, for ``Guest.backing``."""
+    host, port = server.getsockname()[:2]
+    return f"{host}:{port}"
+
 
 __all__ = [
     "TOKEN_ID",
@@ -33,5 +41,6 @@ __all__ = [
     "PVEDouble",
     "TLSFiles",
     "Token",
+    "backing",
     "write_tls_files",
 ]

@@ -76,9 +76,3 @@ def listener() -> Iterator[socket.socket]:
     """A TCP port on 127.0.0.1 that accepts connections (a guest's sshd)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         yield server
-
-
-def backing(server: socket.socket) -> str:
-    """Return ``host:port`` of a listening socket, for ``Guest.backing``."""
-    host, port = server.getsockname()[:2]
-    return f"{host}:{port}"
