@@ -268,7 +268,7 @@ class ProxmoxClient:
                 "it to the CA file instead",
                 url,
             )
-        self.url = f"https://{host}:{port}"
+        self.url = f"https://{f'[{host}]' if ':' in host else host}:{port}"
         self.timeout = timeout
         for name in _PROXMOXER_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
