@@ -277,31 +277,33 @@ def test_a_stopped_guest_is_started_and_waited_for(
     listener: socket.socket,
     kind: str,
 ) -> None:
-    pve.cluster.add_guest(101, "web01", "pve1", kind=kind, backing=backing(listener))
+    guest = pve.cluster.add_guest(
+        101, "web01", "pve1", kind=kind, backing=backing(listener)
+    )
     stages: list[tuple[StartStage, str]] = []
 
     address = _start(
         pve_inventory,
         "web01",
-        port=listener.getsockname()[1],
+        port=guest.backing_port,
         progress=lambda stage, detail: stages.append((stage, detail)),
     )
 
     assert address == "127.0.0.1"
     assert [stage for stage, _ in stages] == list(StartStage)
     assert stages[0][1].startswith("UPID:pve1:")
-    assert stages[2][1] == f"127.0.0.1:{listener.getsockname()[1]}"
+    assert stages[2][1] == guest.backing
     assert _starts(pve) == [f"/nodes/pve1/{kind}/101/status/start"]
 
 
 def test_a_running_guest_is_not_started_again(
     pve: PVEDouble, pve_inventory: GuestInventory, listener: socket.socket
 ) -> None:
-    pve.cluster.add_guest(
+    guest = pve.cluster.add_guest(
         101, "web01", "pve1", status="running", backing=backing(listener)
     )
 
-    _start(pve_inventory, "web01", port=listener.getsockname()[1])
+    _start(pve_inventory, "web01", port=guest.backing_port)
 
     assert not _starts(pve)
 
@@ -309,11 +311,11 @@ def test_a_running_guest_is_not_started_again(
 def test_warnings_from_the_start_task_still_mean_started(
     pve: PVEDouble, pve_inventory: GuestInventory, listener: socket.socket
 ) -> None:
-    pve.cluster.add_guest(
+    guest = pve.cluster.add_guest(
         101, "web01", "pve1", backing=backing(listener), start_result="WARNINGS: 1"
     )
 
-    assert _start(pve_inventory, "web01", port=listener.getsockname()[1])
+    assert _start(pve_inventory, "web01", port=guest.backing_port)
 
 
 def test_a_start_task_that_fails_shows_its_error(

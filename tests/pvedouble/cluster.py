@@ -112,11 +112,6 @@ class Token:
     secret: str
     acl: dict[str, frozenset[str]]
 
-    @property
-    def userid(self) -> str:
-        """The owning user, ``user@realm``."""
-        return self.tokenid.partition("!")[0]
-
 
 @dataclass
 class Task:
