@@ -6,7 +6,14 @@ own hash is the SHA-256 of that body. Editing, removing or reordering
 any event therefore breaks the chain at that point, which
 :func:`verify_chain` reports. Appends take the row lock of the single
 ``audit_head`` row, so the chain stays linear across processes and
-across appliances that share one PostgreSQL store.
+across appliances that share one PostgreSQL store. A cut-off tail
+(the last events removed and the head row rewound with them) leaves a
+valid but shorter chain; :func:`log_head` writes the head to the log at
+intervals, and ``audit verify --head`` checks a head seen there.
+
+Free text never breaks out of its field: the JSON encoding escapes
+quotes, newlines and every non-ASCII character, so a key id or a login
+name that holds a newline cannot forge a second record.
 
 The audit trail is a stream of its own, not a log: it never carries a
 password, a TOTP code or secret, or a token, and no session content.
@@ -14,17 +21,21 @@ password, a TOTP code or secret, or a token, and no session content.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from .config import parse_duration
+from .errors import InputError
 from .store import audit_events, audit_head
 
 logger = logging.getLogger(__name__)
@@ -43,7 +54,15 @@ FIELDS = (
     "outcome",
 )
 
-Sink = Callable[[Mapping[str, Any]], None]
+
+class Sink(Protocol):
+    """Somewhere events go after the database; never blocks the caller."""
+
+    def submit(self, event: Mapping[str, Any]) -> None:
+        """Queue ``event`` for delivery and return at once."""
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is queued within ``timeout`` seconds, then stop."""
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -65,9 +84,9 @@ def event_hash(body: str) -> str:
 class Auditor:
     """Appends events to the chain in the database, then to the sinks.
 
-    The database is the record; a sink that fails (a full disk, a
-    syslog server that is down) is logged and never undoes or blocks
-    the database write.
+    The database is the record: an event is committed before any sink
+    sees it, and a sink only queues it (a full disk or a syslog server
+    that is down never blocks or undoes the database write).
     """
 
     def __init__(self, engine: Engine, sinks: Sequence[Sink] = ()) -> None:
@@ -84,14 +103,14 @@ class Auditor:
         with self._engine.begin() as connection:
             event = _append(connection, event)
         for sink in self._sinks:
-            try:
-                sink(event)
-            except Exception:
-                logger.exception(
-                    "Audit sink %r failed for event %d", sink, event["seq"]
-                )
+            sink.submit(event)
 
         return event
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Give each sink up to ``timeout`` seconds to deliver its queue."""
+        for sink in self._sinks:
+            sink.close(timeout)
 
 
 def _shape(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,23 +150,31 @@ def _append(connection: Connection, event: dict[str, Any]) -> dict[str, Any]:
     )
     connection.execute(
         sa.insert(audit_events).values(
-            seq=seq,
-            ts=event["ts"],
-            kind=event["kind"],
-            actor=_column_text(event.get("actor")),
-            target=_column_text(event.get("target")),
-            body=body,
-            prev_hash=prev,
-            hash=digest,
+            seq=seq, body=body, prev_hash=prev, hash=digest, **_columns(event)
         )
     )
 
     return {**event, "hash": digest}
 
 
-def _column_text(value: Any) -> str | None:
-    """Return a short text copy of a value for an indexed column."""
-    return None if value is None else str(value)[:128]
+def _columns(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The indexed columns that copy an event's body, for filtering."""
+    return {name: _column_text(name, event.get(name)) for name in _COPIED}
+
+
+_COPIED = ("ts", "kind", "actor", "target")
+
+
+def _column_text(name: str, value: Any) -> str | None:
+    """A text copy of a value, cut to fit its column (PostgreSQL enforces it)."""
+    if value is None:
+        return None
+    length = getattr(audit_events.c[name].type, "length", None)
+
+    return str(value)[:length]
+
+
+# Verifying the chain.
 
 
 @dataclass(frozen=True)
@@ -158,80 +185,126 @@ class ChainProblem:
     message: str
 
 
-def verify_chain(engine: Engine, batch: int = 5000) -> tuple[int, ChainProblem | None]:
-    """Check every event; return how many were checked and the first problem."""
+@dataclass(frozen=True)
+class StoredEvent:
+    """One row of ``audit_events`` as stored."""
+
+    seq: int
+    ts: str
+    kind: str
+    actor: str | None
+    target: str | None
+    body: str
+    prev_hash: str
+    hash: str
+
+
+def verify_chain(
+    engine: Engine, batch: int = 5000, head: tuple[int, str] | None = None
+) -> tuple[int, ChainProblem | None]:
+    """Check every event; return how many were checked and the first problem.
+
+    ``head`` is a ``(seq, hash)`` pair seen earlier (in the log, from
+    :func:`log_head`): the chain must still hold that event unchanged,
+    which catches a tail cut off together with the head row.
+    """
     expected_prev = GENESIS
-    expected_seq = 1
     count = 0
-    for seq, body, prev_hash, digest in _iter_events(engine, batch):
-        problem = _check_event(
-            seq, body, prev_hash, digest, expected_seq, expected_prev
-        )
+    for row in _iter_events(engine, batch):
+        problem = _check_event(row, count + 1, expected_prev)
         if problem:
             return count, problem
-        expected_prev = digest
-        expected_seq = seq + 1
+        if head and row.seq == head[0] and row.hash != head[1]:
+            return count, ChainProblem(
+                row.seq, f"event {row.seq} is not the one whose hash was logged"
+            )
+        expected_prev = row.hash
         count += 1
-    head_seq, head_hash = _read_head(engine)
-    if head_seq != count or head_hash != expected_prev:
-        return count, ChainProblem(
-            count + 1,
-            f"the chain ends at event {count} but its head names event "
-            f"{head_seq}: events after {count} were removed",
-        )
 
-    return count, None
+    return count, _check_tail(engine, count, expected_prev, head)
 
 
 def _check_event(
-    seq: int,
-    body: str,
-    prev_hash: str,
-    digest: str,
-    expected_seq: int,
-    expected_prev: str,
+    row: StoredEvent, expected_seq: int, expected_prev: str
 ) -> ChainProblem | None:
     """Return the problem with one stored event, if it has one."""
+    seq = row.seq
     if seq != expected_seq:
-        return ChainProblem(expected_seq, f"event {expected_seq} is missing")
-    if event_hash(body) != digest:
+        gap = "" if seq == expected_seq + 1 else f" to {seq - 1}"
+        return ChainProblem(expected_seq, f"event {expected_seq}{gap} was removed")
+    if event_hash(row.body) != row.hash:
         return ChainProblem(seq, f"event {seq} was edited: its hash does not match")
     try:
-        claimed = json.loads(body)
+        claimed = json.loads(row.body)
     except ValueError:
         return ChainProblem(seq, f"event {seq} is not valid JSON")
-    if (
-        claimed.get("seq") != seq
-        or prev_hash != expected_prev
-        or (claimed.get("prev") != expected_prev)
-    ):
+    if claimed.get("seq") != seq:
         return ChainProblem(
-            seq, f"event {seq} does not follow event {seq - 1}: removed or reordered"
+            seq,
+            f"event {seq} holds the body of event {claimed.get('seq')!r}: "
+            "events were reordered",
+        )
+    if row.prev_hash != expected_prev or claimed.get("prev") != expected_prev:
+        return ChainProblem(
+            seq,
+            f"event {seq} does not follow event {seq - 1}: event {seq - 1} was "
+            "edited and rehashed, or events were removed or reordered",
+        )
+    if _columns(claimed) != _columns(row.__dict__):
+        return ChainProblem(
+            seq, f"event {seq} was edited: its columns differ from its body"
         )
 
     return None
 
 
-def _iter_events(engine: Engine, batch: int) -> Iterator[tuple[int, str, str, str]]:
+def _check_tail(
+    engine: Engine, count: int, last_hash: str, head: tuple[int, str] | None
+) -> ChainProblem | None:
+    """Check that the chain ends where its head row and a logged head say."""
+    head_seq, head_hash = read_head(engine)
+    if head_seq > count:
+        return ChainProblem(
+            count + 1,
+            f"the chain ends at event {count} but its head names event "
+            f"{head_seq}: events after {count} were removed",
+        )
+    if head_seq < count or head_hash != last_hash:
+        return ChainProblem(
+            head_seq + 1,
+            f"the chain does not end at its head (event {head_seq}): events "
+            "were added or the head was edited",
+        )
+    if head and head[0] > count:
+        return ChainProblem(
+            count + 1,
+            f"the logged head names event {head[0]} but the chain ends at "
+            f"event {count}: events after {count} were removed",
+        )
+
+    return None
+
+
+def _iter_events(engine: Engine, batch: int) -> Iterator[StoredEvent]:
     """Yield stored events in order, a batch at a time."""
     last = 0
-    cols = (audit_events.c.seq, audit_events.c.body, audit_events.c.prev_hash)
+    table = audit_events
     while True:
         with engine.connect() as connection:
             rows = connection.execute(
-                sa.select(*cols, audit_events.c.hash)
-                .where(audit_events.c.seq > last)
-                .order_by(audit_events.c.seq)
+                sa.select(table)
+                .where(table.c.seq > last)
+                .order_by(table.c.seq)
                 .limit(batch)
             ).all()
         if not rows:
             return
         for row in rows:
-            yield row[0], row[1], row[2], row[3]
-        last = rows[-1][0]
+            yield StoredEvent(**row._mapping)
+        last = rows[-1].seq
 
 
-def _read_head(engine: Engine) -> tuple[int, str]:
+def read_head(engine: Engine) -> tuple[int, str]:
     """Return the chain head's sequence number and hash."""
     with engine.connect() as connection:
         seq, digest = connection.execute(
@@ -241,15 +314,147 @@ def _read_head(engine: Engine) -> tuple[int, str]:
     return int(seq), str(digest)
 
 
+_HEAD = re.compile(r"(?:seq=)?(\d+)[:\s]+(?:hash=)?([0-9a-f]{64})")
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """Read ``SEQ:HASH`` or a logged ``audit head seq=N hash=H`` line."""
+    match = _HEAD.search(text)
+    if match is None:
+        raise InputError(
+            f"{text!r} is not a chain head: give SEQ:HASH or the "
+            "'audit head seq=N hash=H' line from the bastion's log"
+        )
+
+    return int(match[1]), match[2]
+
+
+async def log_head(engine: Engine, interval: float) -> None:
+    """Write the chain head to the log every ``interval`` seconds, forever.
+
+    The log leaves the machine separately from the database, so a tail
+    cut off later, head row and all, still shows against these lines.
+    """
+    while True:
+        try:
+            seq, digest = await asyncio.to_thread(read_head, engine)
+            logger.info("audit head seq=%d hash=%s", seq, digest)
+        except sa.exc.SQLAlchemyError as exc:
+            logger.warning("Could not read the audit head: %s", type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+# Reading events.
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events :func:`read_events` returns; None means any."""
+
+    kind: str | None = None
+    since: str | None = None
+    until: str | None = None
+    user: str | None = None
+    target: str | None = None
+
+
 def read_events(
-    engine: Engine, *, kind: str | None = None, limit: int = 100
+    engine: Engine,
+    *,
+    kind: str | None = None,
+    limit: int = 100,
+    where: EventFilter | None = None,
+    oldest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    """Return the newest events, newest first, optionally of one kind."""
+    """Return the newest ``limit`` matching events, newest first by default.
+
+    ``kind`` matches a whole kind (``tunnel.closed``) or a family
+    (``tunnel``); ``where`` adds time, user and target filters.
+    """
+    where = where or EventFilter(kind=kind)
     query = sa.select(audit_events.c.body, audit_events.c.hash)
-    if kind:
-        query = query.where(audit_events.c.kind == kind)
+    for condition in _conditions(where):
+        query = query.where(condition)
     query = query.order_by(audit_events.c.seq.desc()).limit(limit)
     with engine.connect() as connection:
         rows = connection.execute(query).all()
+    events = [{**json.loads(body), "hash": digest} for body, digest in rows]
 
-    return [{**json.loads(body), "hash": digest} for body, digest in rows]
+    return events[::-1] if oldest_first else events
+
+
+def _conditions(where: EventFilter) -> Iterator[sa.ColumnElement[bool]]:
+    """SQL conditions for each filter that is set."""
+    table = audit_events
+    if where.kind:
+        family = where.kind.rstrip(".") + ".%"
+        yield sa.or_(table.c.kind == where.kind, table.c.kind.like(family))
+    if where.since:
+        yield table.c.ts >= where.since
+    if where.until:
+        yield table.c.ts < where.until
+    if where.user:
+        yield table.c.actor == where.user
+    if where.target:
+        yield table.c.target == where.target
+
+
+def parse_moment(text: str, now: datetime | None = None) -> str:
+    """Turn ``2024-05-01``, an ISO time (UTC unless it says), or ``2h`` ago
+    into the timestamp form events are stored with."""
+    now = now or datetime.now(UTC)
+    try:
+        return utc_timestamp(now - timedelta(seconds=parse_duration(text)))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InputError(
+            f"{text!r} is not a time: give 2024-05-01, 2024-05-01T14:30Z "
+            "or a duration ago such as 2h"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+
+    return utc_timestamp(moment)
+
+
+#: Columns of ``audit show``'s table: heading and the event field shown.
+TABLE = (
+    ("SEQ", "seq"),
+    ("TIME (UTC)", "ts"),
+    ("KIND", "kind"),
+    ("ACTOR", "actor"),
+    ("SOURCE", "source"),
+    ("TARGET", "target"),
+    ("SERIAL", "serial"),
+    ("OUTCOME", "outcome"),
+    ("REASON", "reason"),
+)
+
+
+def format_table(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lay events out as aligned text columns, control characters escaped."""
+    rows = [[heading for heading, _ in TABLE]]
+    for event in events:
+        rows.append([_cell(event.get(name)) for _, name in TABLE])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE))]
+
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _cell(value: Any) -> str:
+    """One table cell: a value on one line, no terminal escapes, cut at 60."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if not text.isprintable():
+        text = json.dumps(text)[1:-1]
+
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -136,6 +136,9 @@ def _add_ca(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     user.set_defaults(handler=cmd_ca_show_user_key)
     host = actions.add_parser("show-host-key", help="line for known_hosts")
     host.set_defaults(handler=cmd_ca_show_host_key)
+    krl = actions.add_parser("krl", help="KRL of revoked serials, for RevokedKeys")
+    krl.add_argument("--out", type=Path, metavar="FILE", help="default: stdout")
+    krl.set_defaults(handler=cmd_ca_krl)
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -149,7 +152,19 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit_parser = commands.add_parser("audit", help="read the audit trail")
     actions = audit_parser.add_subparsers(required=True, metavar="ACTION")
     verify = actions.add_parser("verify", help="check the hash chain")
+    verify.add_argument(
+        "--head", help="a head from the log ('seq=N hash=H'): must still be there"
+    )
     verify.set_defaults(handler=cmd_audit_verify)
+    show = actions.add_parser("show", help="list events, oldest first")
+    show.add_argument("--since", help="2024-05-01, 2024-05-01T14:30Z or 2h (ago)")
+    show.add_argument("--until", help="same forms as --since")
+    show.add_argument("--user", help="the actor")
+    show.add_argument("--target")
+    show.add_argument("--kind", help="a kind (tunnel.closed) or family (tunnel)")
+    show.add_argument("--limit", type=int, default=1000, help="newest N (1000)")
+    show.add_argument("--json", action="store_true", help="one JSON event a line")
+    show.set_defaults(handler=cmd_audit_show)
 
 
 def open_state(args: argparse.Namespace) -> State:
@@ -286,6 +301,21 @@ def cmd_ca_show_host_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca_krl(args: argparse.Namespace) -> int:
+    """Write the KRL of revoked serials for the targets' RevokedKeys."""
+    from .revocation import export_krl
+
+    state = open_state(args)
+    data = export_krl(state.engine, state.path / "ca" / "user_ca.pub")
+    if args.out:
+        args.out.write_bytes(data)
+        print(f"Wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+
+    return 0
+
+
 def cmd_serve_ssh(args: argparse.Namespace) -> int:
     """Run the SSH bastion until SIGTERM."""
     from .bastion import Bastion
@@ -299,12 +329,35 @@ def cmd_serve_ssh(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the audit chain; report the first broken event."""
     state = open_state(args)
-    count, problem = audit.verify_chain(state.engine)
+    head = audit.parse_head(args.head) if args.head else None
+    count, problem = audit.verify_chain(state.engine, head=head)
     if problem:
         print(f"audit chain broken at event {problem.seq}: {problem.message}")
         print(f"({count} events before it verified)")
         return 1
     print(f"audit chain verified: {count} events")
+
+    return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    """Print matching events as a table or as JSON lines."""
+    where = audit.EventFilter(
+        kind=args.kind,
+        since=audit.parse_moment(args.since) if args.since else None,
+        until=audit.parse_moment(args.until) if args.until else None,
+        user=args.user,
+        target=args.target,
+    )
+    state = open_state(args)
+    events = audit.read_events(
+        state.engine, where=where, limit=args.limit, oldest_first=True
+    )
+    if args.json:
+        for event in events:
+            print(audit.canonical(event))
+    else:
+        print("\n".join(audit.format_table(events)))
 
     return 0
 

@@ -27,6 +27,7 @@ from .config import (
     parse_hostport,
 )
 from .errors import ConfigError
+from .sinks import build_sinks
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ class State:
         config = load_config(path)
         url = store.database_url(config.appliance.database_url, path)
         engine = store.create_engine(url)
+        auditor = Auditor(engine)
+        for sink in build_sinks(config.audit, config.appliance.name, auditor.record):
+            auditor.add_sink(sink)
 
-        return cls(path, config, engine, Auditor(engine))
+        return cls(path, config, engine, auditor)
 
     @cached_property
     def ca(self) -> CertificateAuthority:

@@ -1,0 +1,134 @@
+"""Helpers for the audit and sink tests: syslog receivers and waiting."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: An RFC 5424 message: PRI, version, timestamp, host, app, procid,
+#: msgid, structured data, message.
+RFC5424 = re.compile(
+    r"<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) (?P<app>\S+) "
+    r"(?P<procid>\S+) (?P<msgid>\S+) (?P<sd>-|\[.*?\]) (?P<msg>.*)",
+    re.S,
+)
+
+
+def parse_rfc5424(data: bytes) -> dict[str, Any]:
+    """Split one RFC 5424 message; its MSG is decoded as the event JSON."""
+    match = RFC5424.fullmatch(data.decode("ascii"))
+    assert match, f"not an RFC 5424 message: {data!r}"
+    parts: dict[str, Any] = match.groupdict()
+    parts["event"] = json.loads(parts["msg"])
+    return parts
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {timeout}s: {check}")
+        time.sleep(0.02)
+
+
+@dataclass
+class SyslogReceiver:
+    """A syslog server on 127.0.0.1 (UDP or TCP) or a UNIX datagram socket."""
+
+    scheme: str
+    path: Path | None = None
+    messages: list[bytes] = field(default_factory=list)
+    _socket: socket.socket | None = field(default=None, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _threads: list[threading.Thread] = field(default_factory=list, repr=False)
+
+    def start(self, port: int = 0) -> SyslogReceiver:
+        """Bind and serve in a thread."""
+        if self.scheme == "unix":
+            assert self.path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(self.path))
+        elif self.scheme == "udp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", port))
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        sock.settimeout(0.1)
+        self._socket = sock
+        serve = self._accept if self.scheme == "tcp" else self._receive
+        self._spawn(serve, sock)
+        return self
+
+    @property
+    def url(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        assert self._socket is not None
+        return int(self._socket.getsockname()[1])
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events received so far, in order."""
+        return [parse_rfc5424(m)["event"] for m in list(self.messages)]
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        if self._socket is not None:
+            self._socket.close()
+
+    def _spawn(self, target: Callable[[socket.socket], None], sock: Any) -> None:
+        thread = threading.Thread(target=target, args=(sock,), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _receive(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(sock.recv(65536))
+            except TimeoutError:
+                continue
+
+    def _accept(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = sock.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(0.1)
+            self._spawn(self._read_frames, connection)
+
+    def _read_frames(self, connection: socket.socket) -> None:
+        """Read octet-counted frames: ``LENGTH SP MESSAGE``."""
+        buffer = b""
+        with connection:
+            while not self._stop.is_set():
+                try:
+                    chunk = connection.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                buffer += chunk
+                while b" " in buffer:
+                    length, _, rest = buffer.partition(b" ")
+                    assert length.isdigit(), f"bad frame {buffer[:40]!r}"
+                    if len(rest) < int(length):
+                        break
+                    self.messages.append(rest[: int(length)])
+                    buffer = rest[int(length) :]
