@@ -23,6 +23,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import asyncssh
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import access
 from .certificate import (
@@ -37,7 +38,7 @@ from .certificate import (
     parse_certificate,
 )
 from .config import parse_hostport
-from .errors import BastionError, NotFound, Refused
+from .errors import BastionError, NotFound, Refused, Unavailable
 from .forward import ConnectFailed, Tunnel, open_tunnel
 from .inventory import Target
 from .names import is_login_name
@@ -122,11 +123,25 @@ class Bastion:
         """Run ``coro`` in the background, keeping a reference to it."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Background task failed: %r", task.exception())
 
     def audit(self, kind: str, **fields: Any) -> None:
         """Record an audit event from a worker thread, off the event loop."""
         self.spawn(asyncio.to_thread(self.state.auditor.record, kind, **fields))
+
+    async def find_grant(self, serial: int) -> access.Grant:
+        """Look up a grant off the event loop; a store failure is Unavailable."""
+        try:
+            return await asyncio.to_thread(access.find_grant, self.state.engine, serial)
+        except SQLAlchemyError as exc:
+            # The driver's text can name hosts and users; keep it to the class.
+            logger.error("The store did not answer: %s", type(exc).__name__)
+            raise Unavailable("the appliance's store is unavailable") from None
 
     async def close(self) -> None:
         """Stop watching revocations and wait for audit writes to finish."""
@@ -305,11 +320,11 @@ class BastionConnection(asyncssh.SSHServer):
         if reason:
             return reason
         try:
-            grant = await asyncio.to_thread(
-                access.find_grant, self._state.engine, cert.serial
-            )
+            grant = await self._bastion.find_grant(cert.serial)
         except NotFound:
             return f"serial {cert.serial} was not issued by this appliance"
+        except Unavailable as exc:
+            return str(exc)
         if grant.revoked:
             return f"certificate serial {cert.serial} is revoked"
         if grant.user != username:
@@ -428,9 +443,7 @@ class BastionConnection(asyncssh.SSHServer):
         """
         grant = self.grant
         assert grant is not None
-        grant = await asyncio.to_thread(
-            access.find_grant, self._state.engine, grant.serial
-        )
+        grant = await self._bastion.find_grant(grant.serial)
         if grant.revoked:
             raise Refused("the certificate was revoked")
         if dest_host.lower() != grant.target.lower():

@@ -56,7 +56,8 @@ def _create_postgres_database() -> str:
         pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN} is not reachable: {exc}")
     finally:
         admin.dispose()
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    # Through the socket: a bastion in a namespace has a loopback of its own.
+    return f"postgresql+psycopg://postgres@/{name}?host=/var/run/postgresql"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -68,12 +69,22 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def appliance(network: Network, tmp_path: Path) -> Iterator[ApplianceUnderTest]:
-    """An initialised appliance whose bastion is not started yet."""
-    under_test = ApplianceUnderTest(network.host("bastion"), tmp_path / "appliance")
+def appliance(
+    request: pytest.FixtureRequest, network: Network, tmp_path: Path
+) -> Iterator[ApplianceUnderTest]:
+    """An initialised appliance whose bastion is not started yet.
+
+    A test that also asks for ``database_url`` gets its store there.
+    """
+    url = None
+    if "database_url" in request.fixturenames:
+        url = request.getfixturevalue("database_url")
+    under_test = ApplianceUnderTest(
+        network.host("bastion"), tmp_path / "appliance", database_url=url
+    )
     under_test.directory.mkdir()
     yield under_test.init()
-    under_test.stop()
+    under_test.close()
 
 
 @pytest.fixture

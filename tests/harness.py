@@ -7,6 +7,7 @@ OpenSSH's ``ssh`` with a written ``ssh_config``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,10 +15,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance import access, audit
+import sqlalchemy as sa
+
+from appliance import access, audit, store
 from appliance.access import Issued
 from appliance.state import State
 from tests.netlab import Host, wait_for_line
@@ -64,7 +68,7 @@ class SSHDTarget:
             f"HostKey {host_key}\nTrustedUserCAKeys {self.trusted_ca}\n"
             "PidFile none\nUsePAM no\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nAuthorizedKeysFile none\n"
-            "StrictModes no\nLogLevel VERBOSE\n" + self.extra_config
+            "StrictModes no\nLogLevel VERBOSE\nMaxStartups 200\n" + self.extra_config
         )
         self.process = self.host.popen([SSHD, "-D", "-e", "-f", str(config)], self.log)
         wait_for_line(self.process, self.log, "Server listening")
@@ -91,6 +95,7 @@ class ApplianceUnderTest:
     port: int = 2222
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     env: dict[str, str] = field(default_factory=dict)
+    _state: State | None = field(default=None, repr=False)
 
     @property
     def state_path(self) -> Path:
@@ -145,7 +150,17 @@ class ApplianceUnderTest:
 
     @property
     def state(self) -> State:
-        return State.open(self.state_path)
+        """The opened state directory, shared by the test's own calls."""
+        if self._state is None:
+            self._state = State.open(self.state_path)
+        return self._state
+
+    def close(self) -> None:
+        """Stop the bastion and let go of the database."""
+        self.stop()
+        if self._state is not None:
+            self._state.engine.dispose()
+            self._state = None
 
     def user_ca_file(self) -> Path:
         return self.state_path / "ca" / "user_ca.pub"
@@ -170,6 +185,16 @@ class ApplianceUnderTest:
         cert_path(key).write_text(issued.certificate + "\n")
         return issued
 
+    def reasons(self, kind: str, phrase: str) -> list[str]:
+        """Wait until an event of ``kind`` has a reason holding ``phrase``;
+        return every reason of that kind (the writes land asynchronously)."""
+        deadline = time.monotonic() + 5
+        while True:
+            reasons = [str(e.get("reason")) for e in self.events(kind)]
+            if any(phrase in r for r in reasons) or time.monotonic() > deadline:
+                return reasons
+            time.sleep(0.1)
+
     def events(
         self, kind: str | None = None, wait_for: int = 0
     ) -> list[dict[str, Any]]:
@@ -180,6 +205,74 @@ class ApplianceUnderTest:
             if len(events) >= wait_for or time.monotonic() > deadline:
                 return events
             time.sleep(0.1)
+
+
+def register_grant(
+    appliance: ApplianceUnderTest,
+    serial: int,
+    user: str,
+    target: str,
+    ports: Sequence[int] = (22,),
+) -> None:
+    """Record a grant for a certificate a test signed with ssh-keygen itself,
+    as if the appliance had issued it."""
+    now = datetime.now(UTC)
+    request_id = f"t{serial:x}"[:12]
+    with appliance.state.engine.begin() as connection:
+        connection.execute(
+            sa.insert(store.access_requests).values(
+                id=request_id,
+                user_name=user,
+                target=target,
+                reason="test",
+                ttl=600,
+                source="test",
+                logins=json.dumps([user]),
+                ports=json.dumps(list(ports)),
+                may_start=False,
+                created_at=now,
+            )
+        )
+        connection.execute(
+            sa.insert(store.certificates).values(
+                serial=serial,
+                request_id=request_id,
+                user_name=user,
+                key_id=f"{user}/{request_id}",
+                principals=json.dumps([user]),
+                fingerprint="test",
+                valid_after=now,
+                valid_before=now,
+                certificate="signed by the test",
+            )
+        )
+
+
+def sign(
+    ca: Path,
+    key: Path,
+    *,
+    principals: str | None,
+    validity: str = "-1m:+10m",
+    serial: int = 1,
+    options: Sequence[str] = (),
+    key_id: str = "test",
+    host: bool = False,
+    algorithm: str | None = None,
+) -> Path:
+    """Sign ``key`` with ``ca`` using ssh-keygen; return the certificate path."""
+    argv = ["ssh-keygen", "-q", "-s", str(ca), "-I", key_id, "-V", validity]
+    argv += ["-z", str(serial)]
+    if principals is not None:
+        argv += ["-n", principals]
+    for option in options:
+        argv += ["-O", option]
+    if host:
+        argv.append("-h")
+    if algorithm:
+        argv += ["-t", algorithm]
+    subprocess.run([*argv, str(key.with_suffix(".pub"))], check=True)
+    return cert_path(key)
 
 
 def cert_path(key: Path) -> Path:
@@ -232,7 +325,8 @@ class Client:
             f"Host *\n  IdentityFile {key}\n  CertificateFile {cert_path(key)}\n"
             f"  IdentitiesOnly yes\n  UserKnownHostsFile {known_hosts}\n"
             "  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n"
-            "  LogLevel ERROR\n"
+            # INFO shows the bastion's reason when a channel is refused.
+            "  LogLevel INFO\n"
         )
         return path
 

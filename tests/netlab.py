@@ -10,6 +10,7 @@ a test runs in a host is bounded by a timeout.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -70,7 +71,7 @@ class Network:
     """Makes hosts on demand and removes them all at the end."""
 
     def __init__(self) -> None:
-        self.tag = f"jb{os.getpid() % 100000}"
+        self.tag = f"jb{os.getpid()}"
         self._hosts: dict[str, Host] = {}
         self._lan: str | None = None
 
@@ -122,13 +123,18 @@ def _ip(*args: str) -> None:
 
 
 def remove_stale_namespaces() -> None:
-    """Remove namespaces left by an earlier run that was killed."""
+    """Remove namespaces left by earlier runs whose process is gone.
+
+    Runs that are still alive (another suite on the same machine) keep
+    theirs: the tag holds the pid of the run that made them.
+    """
     if not IS_ROOT:
         return
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     for line in listing.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith("jb") and "-" in name:
+        match = re.fullmatch(r"jb(\d+)-\w+", name)
+        if match and not Path(f"/proc/{match[1]}").exists():
             subprocess.run(["ip", "netns", "del", name], check=False)
 
 
