@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.harness import Client, SSHDTarget, cert_path
+
 #: An RFC 5424 message: PRI, version, timestamp, host, app, procid,
 #: msgid, structured data, message.
 RFC5424 = re.compile(
@@ -132,3 +134,20 @@ class SyslogReceiver:
                         break
                     self.messages.append(rest[: int(length)])
                     buffer = rest[int(length) :]
+
+
+def direct_config(client: Client, target: SSHDTarget, key: Path) -> Path:
+    """An ssh_config that reaches ``target`` straight, not through the bastion."""
+    known_hosts = client.directory / f"known_hosts-{target.name}"
+    known_hosts.write_text(target.known_hosts_line() + "\n")
+    path = client.directory / f"ssh_config-direct-{key.name}"
+    path.write_text(
+        f"Host {target.name}\n  HostName {target.host.address}\n"
+        f"  Port {target.port}\n  User {client.user}\n"
+        f"  HostKeyAlias {target.name}\n  IdentityFile {key}\n"
+        f"  CertificateFile {cert_path(key)}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {known_hosts}\n"
+        "  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n"
+        "  LogLevel ERROR\n"
+    )
+    return path
