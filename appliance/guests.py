@@ -10,17 +10,11 @@ coroutine over :class:`~appliance.proxmox.ProxmoxClient`, whose calls
 run in worker threads; from synchronous code use
 :func:`appliance.proxmox.run_sync`.
 
-Errors besides those of :mod:`appliance.proxmox`::
-
-    InputError / NotFound         (appliance.errors)
-    └── AmbiguousName             a bare name two guests share
-    Unavailable                   (appliance.errors)
-    ├── NoIPv4Address             the guest reports no usable IPv4
-    └── GuestNotReady             started, but SSH did not answer in time
-    ProxmoxError                  (appliance.errors)
-    ├── GuestAgentNotRunning      QEMU guest agent down, no ipconfig
-    ├── StartFailed               the start task ended with an error
-    └── StartStillRunning         the start task outlived the bound
+Errors besides those of :mod:`appliance.proxmox`: ``AmbiguousName`` (an
+``InputError``), ``NoIPv4Address`` and ``GuestNotReady`` (``Unavailable``),
+``GuestAgentNotRunning``, ``StartFailed`` and ``StartStillRunning``
+(``ProxmoxError``). They live in :mod:`appliance.errors` and are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -36,8 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ProxmoxSection
-from .errors import ConfigError, InputError, NotFound, ProxmoxError, Unavailable
-from .proxmox import APIError, NodeOffline, ProxmoxClient
+from .errors import AmbiguousName as AmbiguousName
+from .errors import APIError, ConfigError, InputError, NodeOffline, NotFound
+from .errors import GuestAgentNotRunning as GuestAgentNotRunning
+from .errors import GuestNotReady as GuestNotReady
+from .errors import NoIPv4Address as NoIPv4Address
+from .errors import StartFailed as StartFailed
+from .errors import StartStillRunning as StartStillRunning
+from .proxmox import ProxmoxClient
 
 logger = logging.getLogger(__name__)
 
@@ -46,39 +46,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TAG_SEPARATORS = re.compile(r"[;, ]+")
 _IP_OPTION = re.compile(r"(?:^|,)ip=([^,/]+)")
 _IPCONFIG_KEY = re.compile(r"^(?:ipconfig|net)(\d+)$")
-
-
-class AmbiguousName(InputError):
-    """A bare name that several guests share; use ``name.node`` or the id."""
-
-
-class NoIPv4Address(Unavailable):
-    """The guest reports no IPv4 address that the bastion could reach."""
-
-
-class GuestNotReady(Unavailable):
-    """The guest runs, but no address or no SSH answer came within the bound."""
-
-
-class GuestAgentNotRunning(ProxmoxError):
-    """The QEMU guest agent does not answer and no ipconfig names an address."""
-
-
-class StartFailed(ProxmoxError):
-    """The start task ended with an error; ``exitstatus`` is what PVE said."""
-
-    def __init__(self, message: str, upid: str, exitstatus: str) -> None:
-        super().__init__(message)
-        self.upid = upid
-        self.exitstatus = exitstatus
-
-
-class StartStillRunning(ProxmoxError):
-    """The start task was still running at the bound; ``upid`` names it."""
-
-    def __init__(self, message: str, upid: str) -> None:
-        super().__init__(message)
-        self.upid = upid
 
 
 class StartStage(enum.StrEnum):

@@ -4,15 +4,10 @@ proxmoxer is synchronous, so every call runs in a worker thread of this
 module's own pool and is bounded by the configured timeout: a stalled
 cluster never blocks the event loop that carries other users' tunnels.
 Errors come out as :class:`~appliance.errors.ProxmoxError`, one class per
-thing an operator must fix::
-
-    ProxmoxError                  (appliance.errors)
-    ├── APIError                  the API answered with an HTTP error
-    │   ├── TokenRejected         401: wrong token id or secret
-    │   └── PrivilegeMissing      403: the token lacks a privilege
-    ├── NodeOffline               595, or no answer within the timeout
-    ├── TLSFailure                the API's certificate did not verify
-    └── APIUnreachable            nothing listens at the URL
+thing an operator must fix: ``APIError`` (``TokenRejected`` for 401,
+``PrivilegeMissing`` for 403), ``NodeOffline``, ``TLSFailure`` and
+``APIUnreachable``. They live in :mod:`appliance.errors` with the rest of
+the tree and are importable from here too.
 """
 
 from __future__ import annotations
@@ -32,7 +27,13 @@ import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from .config import ProxmoxSection
+from .errors import APIError as APIError
+from .errors import APIUnreachable as APIUnreachable
 from .errors import ConfigError, ProxmoxError
+from .errors import NodeOffline as NodeOffline
+from .errors import PrivilegeMissing as PrivilegeMissing
+from .errors import TLSFailure as TLSFailure
+from .errors import TokenRejected as TokenRejected
 from .secret import Secret
 
 logger = logging.getLogger(__name__)
@@ -56,44 +57,6 @@ _PERMISSION = re.compile(r"\((?P<path>/[^,]*),\s*(?P<privilege>[^)]+)\)")
 _NODE_PATH = re.compile(r"^nodes/(?P<node>[^/]+)/")
 # proxmoxer logs request bodies at INFO and whole responses at DEBUG.
 _PROXMOXER_LOGGERS = ("proxmoxer", "proxmoxer.core", "proxmoxer.backends.https")
-
-
-class APIError(ProxmoxError):
-    """The API answered with an HTTP error; ``status`` and ``reason`` say which."""
-
-    def __init__(self, message: str, status: int, reason: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-
-
-class TokenRejected(APIError):
-    """The API refused the token (401): its id or its secret is wrong."""
-
-
-class PrivilegeMissing(APIError):
-    """The token lacks a privilege (403); ``privilege`` names it."""
-
-    def __init__(self, message: str, reason: str, privilege: str, path: str) -> None:
-        super().__init__(message, 403, reason)
-        self.privilege = privilege
-        self.path = path
-
-
-class NodeOffline(ProxmoxError):
-    """A node did not answer: HTTP 595 from the cluster, or a timeout."""
-
-    def __init__(self, message: str, node: str = "") -> None:
-        super().__init__(message)
-        self.node = node
-
-
-class TLSFailure(ProxmoxError):
-    """The API's TLS certificate did not verify against the configured CA."""
-
-
-class APIUnreachable(ProxmoxError):
-    """No API answers at the configured URL (refused, or no such host)."""
 
 
 @dataclass(frozen=True)
