@@ -189,6 +189,9 @@ def _issue(
         reason=reason,
         outcome="issued",
         ttl=seconds,
+        vmid=target.vmid,
+        node=target.node,
+        may_start=decision.may_start or None,
         via=via,
         valid_before=issued.valid_before.isoformat(),
         key=key.get_fingerprint(),
@@ -206,10 +209,14 @@ def _issue(
 
 
 def resolve_target(state: State, name: str) -> Target:
-    """Find a target by name among static targets and Proxmox guests."""
+    """Find a target by name among static targets and Proxmox guests.
+
+    A guest comes back under its canonical name, which the grant stores,
+    with the tags, pool and vmid that policy matches on.
+    """
     from . import inventory
 
-    return inventory.find_static_target(state.engine, name)
+    return inventory.resolve_target(state, name)
 
 
 def _check_ttl(state: State, ttl: str | int | None, limit: int) -> int:

@@ -74,6 +74,23 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_guest_addresses(entries: tuple[str, ...]) -> dict[int | str, str]:
+    """Read ``proxmox.addresses`` (``GUEST=ADDRESS``) into a mapping.
+
+    A vmid becomes an int key; a name or ``name.node`` stays a string.
+    """
+    found: dict[int | str, str] = {}
+    for entry in entries:
+        guest, equals, address = (part.strip() for part in entry.partition("="))
+        if not equals or not guest or not address or " " in address:
+            raise ValueError(
+                f"{entry!r} is not GUEST=ADDRESS, e.g. 101=10.0.0.5 or web01=10.0.0.5"
+            )
+        found[int(guest) if guest.isdigit() else guest] = address
+
+    return found
+
+
 @dataclass(frozen=True)
 class ApplianceSection:
     """[appliance]: who the appliance is and where it keeps its records."""
@@ -142,6 +159,7 @@ class ProxmoxSection:
     cache_seconds: int = 5
     start_timeout: int = 120
     target_networks: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -336,6 +354,10 @@ def _cross_check(config: Config) -> list[str]:
                 f"certificates.source_addresses: {network!r} is not an "
                 "address or network"
             )
+    try:
+        parse_guest_addresses(config.proxmox.addresses)
+    except ValueError as exc:
+        problems.append(f"proxmox.addresses: {exc}")
     bad_ports = [p for p in config.ssh.allowed_ports if not 0 < p < 65536]
     if bad_ports:
         problems.append(f"ssh.allowed_ports: {bad_ports!r} are not ports")

@@ -194,7 +194,7 @@ class GuestInventory:
 
     async def address(self, guest: Guest) -> str:
         """Return the guest's IPv4 address: explicit, agent, interfaces, ipconfig."""
-        explicit = self._explicit_address(guest)
+        explicit = self.explicit_address(guest)
         if explicit:
             return explicit
         if guest.kind == "qemu":
@@ -272,7 +272,7 @@ class GuestInventory:
 
     # --- addresses -------------------------------------------------------
 
-    def _explicit_address(self, guest: Guest) -> str | None:
+    def explicit_address(self, guest: Guest) -> str | None:
         """Return the configured address for the guest, if any."""
         for key in (guest.vmid, guest.qualified_name, guest.name):
             if key and key in self.addresses:
