@@ -6,14 +6,22 @@ Everything the appliance keeps lives under one directory (default
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
 import asyncssh
+from cryptography import x509
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.engine import Engine
 
 from . import store
@@ -30,6 +38,9 @@ from .errors import ConfigError
 from .sinks import build_sinks
 
 logger = logging.getLogger(__name__)
+
+#: Listen addresses that mean "every interface", never a name to certify.
+_ANY = ("0.0.0.0", "::")  # noqa: S104 (not a bind)
 
 
 @dataclass
@@ -82,6 +93,31 @@ class State:
 
         return names
 
+    @property
+    def web_dir(self) -> Path:
+        """The web UI's keys: TLS pair, session key, TOTP encryption key."""
+        return self.path / "web"
+
+    @property
+    def totp_key_path(self) -> Path:
+        """The Fernet key that encrypts TOTP secrets, outside the database."""
+        return self.web_dir / "totp.key"
+
+    def write_web_keys(self) -> None:
+        """Make whichever web key is missing; an existing one is kept."""
+        web = self.web_dir
+        web.mkdir(mode=0o700, exist_ok=True)
+        if not (web / "session.key").exists():
+            _write_private_file(web / "session.key", secrets.token_hex(32).encode())
+        if not self.totp_key_path.exists():
+            _write_private_file(self.totp_key_path, Fernet.generate_key())
+        if not (web / "tls.key").exists():
+            web_host, _ = parse_hostport(self.config.web.listen, 8443)
+            names = list(dict.fromkeys([*self.host_names(), web_host]))
+            key, cert = generate_tls_pair([n for n in names if n not in _ANY])
+            _write_private_file(web / "tls.key", key)
+            (web / "tls.crt").write_bytes(cert)
+
     def write_host_certificate(self) -> None:
         """Sign the host key for the current names and write the cert."""
         host_key = read_private_key(self.host_key_path)
@@ -120,9 +156,61 @@ def initialize(
     host_key = asyncssh.generate_private_key("ssh-ed25519", comment="jit-bastion")
     write_private_key(host_key, state.host_key_path)
     state.write_host_certificate()
+    state.write_web_keys()
     state.auditor.record("appliance.initialised", actor="cli", target=name)
 
     return state
+
+
+def _write_private_file(path: Path, data: bytes) -> None:
+    """Write a new file that only the owner may read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
+def generate_tls_pair(names: list[str]) -> tuple[bytes, bytes]:
+    """A self-signed P-256 key and certificate for ``names``, as PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(public), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _san(names: list[str]) -> list[x509.GeneralName]:
+    """Subject alternative names: IP entries for addresses, DNS for the rest."""
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+
+    return entries
 
 
 def set_config_value(text: str, section: str, key: str, value: str) -> str:
