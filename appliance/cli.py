@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__, access, audit, identity, inventory, policy
 from .config import load_config, parse_duration, parse_hostport, state_dir
 from .errors import BastionError, ConfigError, InputError
+from .secret import Secret
 from .state import State, initialize
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,15 @@ def _add_user(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     add.set_defaults(handler=cmd_user_add)
     listing = user.add_parser("list", help="list users")
     listing.set_defaults(handler=cmd_user_list)
+    for action, handler, text in (
+        ("disable", cmd_user_disable, "stop a user logging in and asking"),
+        ("enable", cmd_user_enable, "let a disabled user back in"),
+        ("reset-totp", cmd_user_reset, "new invitation: set password and TOTP anew"),
+        ("set-totp", cmd_user_set_totp, "activate a TOTP secret read from stdin"),
+    ):
+        sub = user.add_parser(action, help=text)
+        sub.add_argument("name")
+        sub.set_defaults(handler=handler)
 
 
 def _add_target(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,6 +156,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     services = serve.add_subparsers(required=True, metavar="SERVICE")
     ssh = services.add_parser("ssh", help="run the SSH bastion")
     ssh.set_defaults(handler=cmd_serve_ssh)
+    web = services.add_parser("web", help="run the web UI under gunicorn")
+    web.set_defaults(handler=cmd_serve_web)
 
 
 def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -197,6 +209,56 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     user = identity.add_user(state.engine, args.name, role=role, groups=groups)
     state.auditor.record("user.added", actor="cli", target=user.name, role=role)
     print(f"Added {role} {user.name}")
+    print_invitation(state, user.name)
+
+    return 0
+
+
+def print_invitation(state: State, name: str) -> None:
+    """Print a new one-time invitation link for ``name``."""
+    link = identity.invitation_link(state.config, identity.invite(state, name))
+    hours = state.config.web.invitation_ttl // 3600
+    print(f"Invitation for {name} (one use, expires in {hours} h):\n{link}")
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    """Disable an account: no logins, no certificates."""
+    return _set_disabled(args, True)
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    """Enable a disabled account."""
+    return _set_disabled(args, False)
+
+
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
+    """Disable or enable the named account and audit it."""
+    state = open_state(args)
+    identity.set_disabled(state.engine, args.name, disabled)
+    word = "disabled" if disabled else "enabled"
+    state.auditor.record(f"user.{word}", actor="cli", target=args.name)
+    print(f"{word.capitalize()} {args.name}")
+
+    return 0
+
+
+def cmd_user_reset(args: argparse.Namespace) -> int:
+    """End a person's password and TOTP; print a new invitation."""
+    print_invitation(open_state(args), args.name)
+    return 0
+
+
+def cmd_user_set_totp(args: argparse.Namespace) -> int:
+    """Activate a TOTP secret typed or piped in (spaces and case are fine)."""
+    import getpass
+
+    state = open_state(args)
+    prompt = f"TOTP secret for {args.name} (base32): "
+    text = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline()
+    identity.set_totp_secret(
+        state, args.name, identity.import_totp_secret(Secret(text))
+    )
+    print(f"TOTP is active for {args.name}")
 
     return 0
 
@@ -322,6 +384,15 @@ def cmd_serve_ssh(args: argparse.Namespace) -> int:
 
     state = open_state(args)
     asyncio.run(Bastion(state).serve_forever())
+
+    return 0
+
+
+def cmd_serve_web(args: argparse.Namespace) -> int:
+    """Run the web UI until SIGTERM."""
+    from webui.server import serve
+
+    serve(state_dir(args.state))
 
     return 0
 

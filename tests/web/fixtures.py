@@ -5,7 +5,7 @@
 lockout windows move only when a test says so. ``web_state`` is an
 initialised state directory with one static target, ``web01``;
 ``people`` enrolls accounts through the real invitation flow and hands
-back their password and TOTP secret. ``client`` is Flask's test client
+back their password and TOTP secret. ``web`` is Flask's test client
 over https, sending a same-origin Referer as a browser does.
 """
 
@@ -84,13 +84,10 @@ def app(web_state: State) -> Flask:
 
 
 @pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
+def web(app: Flask) -> FlaskClient:
     """A browser-like test client over https."""
-    with app.test_client() as test_client:
-        test_client.environ_base.update(
-            {
-                "HTTP_REFERER": BASE_URL + "/",
-                "REMOTE_ADDR": "198.51.100.7",
-            }
-        )
-        yield test_client
+    test_client = app.test_client()
+    test_client.environ_base.update(
+        {"HTTP_REFERER": BASE_URL + "/", "REMOTE_ADDR": "198.51.100.7"}
+    )
+    return test_client

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyotp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -20,6 +22,8 @@ from appliance.secret import Secret
 from appliance.state import State
 
 PASSWORD = "correct horse battery"
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 BASE_URL = "https://localhost"
 
 
@@ -102,3 +106,34 @@ def log_in(client: FlaskClient, person: Person, clock: Clock) -> TestResponse:
     )
     clock.advance()
     return response
+
+
+def public_key_line(kind: str = "ed25519", bits: int = 3072) -> str:
+    """A fresh OpenSSH public key line of ``kind``: ed25519, ecdsa or rsa."""
+    return public_line(private_key(kind, bits))
+
+
+def private_key(kind: str = "ed25519", bits: int = 3072) -> PrivateKey:
+    """A fresh private key of ``kind``."""
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    if kind == "ecdsa":
+        return ec.generate_private_key(ec.SECP256R1())
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def public_line(key: PrivateKey) -> str:
+    """The OpenSSH public key line of ``key``."""
+    data = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return data.decode() + " tester@laptop"
+
+
+def private_text(key: PrivateKey) -> str:
+    """``key`` in OpenSSH's private key format."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
