@@ -22,8 +22,11 @@ from flask.testing import FlaskClient
 from appliance import identity
 from appliance.inventory import add_static_target
 from appliance.state import State, initialize
+from tests.harness import ApplianceUnderTest
+from tests.netlab import Host
 
 from .people import BASE_URL, Clock, Person, enroll_person
+from .server import WebUnderTest, free_loopback_port
 
 
 @pytest.fixture
@@ -91,3 +94,20 @@ def web(app: Flask) -> FlaskClient:
         {"HTTP_REFERER": BASE_URL + "/", "REMOTE_ADDR": "198.51.100.7"}
     )
     return test_client
+
+
+@pytest.fixture
+def web_server(appliance: ApplianceUnderTest) -> Iterator[WebUnderTest]:
+    """``serve web`` (not started yet) in the bastion's own host."""
+    host = appliance.host
+    server = WebUnderTest(appliance, host, host.free_port(8443))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def loopback_web_server(appliance: ApplianceUnderTest) -> Iterator[WebUnderTest]:
+    """``serve web`` (not started yet) on 127.0.0.1, where a browser runs."""
+    server = WebUnderTest(appliance, Host("web", "127.0.0.1"), free_loopback_port())
+    yield server
+    server.stop()

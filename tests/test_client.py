@@ -1,0 +1,265 @@
+"""The ``jit`` command: its config, its files, and ``jit ssh`` end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pyotp
+import pytest
+
+from appliance import client as jit
+from appliance.client import ClientConfig, ClientError, Route
+from tests.harness import ApplianceUnderTest, Client, SSHDTarget
+from tests.web.people import Person, enroll_person
+from tests.web.server import WebUnderTest
+
+pytest_plugins = ["tests.web.fixtures"]
+
+JIT = [sys.executable, "-m", "appliance.client"]
+ROUTE = Route("bastion.example", 2222, "bastion.example", "alice", "web01", "deploy")
+
+
+def test_ssh_config_names_key_certificate_and_jump_for_both_hops() -> None:
+    text = jit.render_ssh_config(ROUTE, "/k/id", "/k/id-cert.pub", "/k/known hosts")
+
+    bastion, target = text.split("\n\n")
+    assert bastion.splitlines()[:5] == [
+        "Host jit-bastion",
+        "    HostName bastion.example",
+        "    Port 2222",
+        "    User alice",
+        "    HostKeyAlias bastion.example",
+    ]
+    assert '    UserKnownHostsFile "/k/known hosts"' in bastion
+    assert target.startswith("Host web01\n    User deploy\n    ProxyJump jit-bastion\n")
+    for hop in (bastion, target):
+        assert "    IdentityFile /k/id\n" in hop
+        assert "    CertificateFile /k/id-cert.pub\n" in hop
+        assert "    IdentitiesOnly yes" in hop
+
+
+def test_config_is_written_and_read_back(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(_any_certificate_pem())
+    config = jit.check_config("https://bastion.example:8443/", "alice", str(ca))
+
+    jit.write_config(config, tmp_path / "jit" / "config.toml")
+
+    assert jit.read_config(tmp_path / "jit" / "config.toml") == ClientConfig(
+        "https://bastion.example:8443", "alice", str(ca)
+    )
+
+
+@pytest.mark.parametrize(
+    ("server", "user", "ca"),
+    [
+        ("http://bastion.example", "alice", None),
+        ("bastion.example", "alice", None),
+        ("https://bastion.example", "alice@x", None),
+        ("https://bastion.example", "alice", "/nonexistent/ca.pem"),
+    ],
+)
+def test_bad_config_is_refused(server: str, user: str, ca: str | None) -> None:
+    with pytest.raises(ClientError):
+        jit.check_config(server, user, ca)
+
+
+def test_missing_config_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ClientError, match="jit config --server URL --user NAME"):
+        jit.read_config(tmp_path / "config.toml")
+
+
+def test_generated_key_is_an_openssh_pair(tmp_path: Path) -> None:
+    private, public = jit.generate_key()
+    path = tmp_path / "id"
+    path.write_text(private.reveal())
+    path.chmod(0o600)
+
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True
+    )
+
+    assert derived.stdout.split()[:2] == public.split()[:2]
+    assert public.startswith("ssh-ed25519 ")
+    assert "PRIVATE" not in repr(private)
+
+
+def test_only_expired_grants_are_removed(tmp_path: Path) -> None:
+    now = time.time()
+    for name, expires in (("old", now - 1), ("live", now + 600)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "id").write_text("key")
+        (tmp_path / name / "expires").write_text(f"{expires:.0f}\n")
+
+    removed = jit.remove_expired(tmp_path, now)
+
+    assert removed == [tmp_path / "old"]
+    assert (tmp_path / "live" / "id").exists()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[str]:
+    """A real ssh-agent on a socket of its own."""
+    socket = tmp_path / "agent.sock"
+    process = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield str(socket)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_key_goes_into_the_agent_with_a_lifetime_and_leaves_the_disk(
+    tmp_path: Path, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent)
+    private, public = jit.generate_key()
+    grant = jit.Grant(tmp_path / "g")
+    grant.directory.mkdir()
+    grant.key.write_text(private.reveal())
+    grant.key.chmod(0o600)
+    grant.public_key.write_text(public + "\n")
+
+    assert jit.agent_available()
+    jit.add_to_agent(grant, 300)
+
+    listed = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True)
+    assert public.split()[1] in listed.stdout
+    assert not grant.key.exists()
+
+
+def test_no_agent_means_no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+    assert not jit.agent_available()
+
+
+def _any_certificate_pem() -> str:
+    from appliance.state import generate_tls_pair
+
+    return generate_tls_pair(["bastion.example"])[1].decode()
+
+
+# End to end: jit under a pseudo-terminal, through the bastion, to sshd
+
+
+def _jit_environment(home: Path, agent: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SSH_"))}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
+    if agent:
+        env["SSH_AUTH_SOCK"] = agent
+    return env
+
+
+def _jit_config(
+    client: Client, env: dict[str, str], web: WebUnderTest, user: str
+) -> None:
+    argv = [*JIT, "config", "--server", web.url, "--user", user]
+    argv += ["--ca-file", str(web.ca_file)]
+    result = client.host.run(argv, timeout=30, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def spawn_jit(client: Client, env: dict[str, str], *args: str) -> pexpect.spawn:
+    """Run ``jit ARGS`` in the client's host under a pseudo-terminal."""
+    argv = client.host.command([*JIT, *args])
+    return pexpect.spawn(argv[0], argv[1:], env=env, timeout=60, encoding="utf-8")
+
+
+def _answer_prompts(child: pexpect.spawn, person: Person) -> None:
+    child.expect_exact(f"Password for {person.name}: ")
+    child.sendline(person.password)
+    child.expect_exact("Code from your authenticator app: ")
+    # One step ahead: enrollment spent the current one.
+    child.sendline(pyotp.TOTP(person.secret).at(time.time() + 30))
+
+
+@pytest.mark.parametrize("with_agent", [False, True], ids=["files", "agent"])
+def test_jit_ssh_reaches_a_real_sshd_through_the_bastion(
+    appliance: ApplianceUnderTest,
+    target: SSHDTarget,
+    client: Client,
+    person: str,
+    web_server: WebUnderTest,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    with_agent: bool,
+) -> None:
+    alice = enroll_person(appliance.state, person, time.time)
+    appliance.start()
+    web_server.start()
+    home = tmp_path / "home"
+    home.mkdir()
+    agent = request.getfixturevalue("agent") if with_agent else None
+    env = _jit_environment(home, agent)
+    _jit_config(client, env, web_server, person)
+    known_hosts = client.directory / "targets_known_hosts"
+    known_hosts.write_text(target.known_hosts_line() + "\n")
+
+    ssh_args = ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "BatchMode=yes"]
+    ssh_args += ["-o", "StrictHostKeyChecking=yes", "echo reached $(id -un)"]
+    child = spawn_jit(
+        client,
+        env,
+        "ssh",
+        "web01",
+        "-r",
+        "deploy hotfix 7",
+        "--ttl",
+        "5m",
+        "--",
+        *ssh_args,
+    )
+    _answer_prompts(child, alice)
+    child.expect_exact(f"reached {person}")
+    child.expect(pexpect.EOF)
+    child.close()
+
+    assert child.exitstatus == 0, child.before
+    grants = list((home / ".cache" / "jit").iterdir())
+    assert len(grants) == 1
+    assert (grants[0] / "id").exists() is not with_agent
+    if not with_agent:
+        assert (grants[0] / "id").stat().st_mode & 0o777 == 0o600
+    issued = appliance.events("certificate.issued")[0]
+    assert issued["detail"]["via"] == "api"
+    assert issued["reason"] == "deploy hotfix 7"
+
+
+def test_jit_refuses_a_server_whose_certificate_does_not_verify(
+    appliance: ApplianceUnderTest,
+    client: Client,
+    person: str,
+    web_server: WebUnderTest,
+    tmp_path: Path,
+) -> None:
+    web_server.start()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _jit_environment(home, None)
+    other_ca = tmp_path / "other.pem"
+    other_ca.write_text(_any_certificate_pem())
+    argv = [*JIT, "config", "--server", web_server.url, "--user", person]
+    assert client.host.run([*argv, "--ca-file", str(other_ca)], env=env).returncode == 0
+
+    child = spawn_jit(client, env, "ssh", "web01", "-r", "should not get here")
+    child.expect_exact("Password for")
+    child.sendline("irrelevant password")
+    child.expect_exact("Code")
+    child.sendline("123456")
+    child.expect(pexpect.EOF)
+    child.close()
+
+    assert child.exitstatus == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in (child.before or "")
