@@ -480,8 +480,9 @@ def test_expiry_closes_a_busy_tunnel(
     appliance: ApplianceUnderTest, target: SSHDTarget, client: Client, alice: str
 ) -> None:
     key = keygen(client.directory / "id")
+    appliance.start()
     issued = appliance.issue(alice, "web01", key, ttl="12s")
-    config = _start_and_config(appliance, client, target, key)
+    config = client.config(appliance, key, [target])
 
     session = _stream(client, config)
     session.wait(timeout=40)
@@ -523,3 +524,46 @@ def test_certificate_file_left_behind_is_useless_after_expiry(
 
     assert result.returncode != 0
     assert cert_path(key).exists()
+
+
+def test_kept_sessions_outlive_expiry_but_open_no_new_tunnel(
+    appliance: ApplianceUnderTest, target: SSHDTarget, client: Client, alice: str
+) -> None:
+    key = keygen(client.directory / "id")
+    appliance.start(ssh_close_on_expiry="false")
+    issued = appliance.issue(alice, "web01", key, ttl="10s")
+    config = client.config(appliance, key, [target])
+    control = client.directory / "control"
+    master = subprocess.Popen(
+        client.host.command(
+            [
+                "timeout",
+                "60",
+                "ssh",
+                "-F",
+                str(config),
+                "-M",
+                "-S",
+                str(control),
+                "-N",
+                "bastion",
+            ]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    session = _stream(client, config)
+    appliance.events("tunnel.opened", wait_for=1)
+    time.sleep(max(0.0, issued.valid_before.timestamp() - time.time()) + 2)
+
+    late = client.ssh(config, "-S", str(control), "-W", "web01:22", "bastion")
+
+    assert session.poll() is None, "the running session was cut"
+    assert master.poll() is None
+    # Through a control master, ssh shows no reason; the audit trail has it.
+    assert late.returncode != 0
+    phrase = "the certificate expired: ask for a new one"
+    assert phrase in appliance.reasons("tunnel.refused", phrase)
+    for process in (session, master):
+        process.terminate()
+        process.wait(timeout=10)
