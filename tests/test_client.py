@@ -156,6 +156,7 @@ def _any_certificate_pem() -> str:
 
 def _jit_environment(home: Path, agent: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SSH_"))}
+    home.mkdir(exist_ok=True)
     env.update(HOME=str(home), PYTHONUNBUFFERED="1")
     if agent:
         env["SSH_AUTH_SOCK"] = agent
@@ -163,10 +164,10 @@ def _jit_environment(home: Path, agent: str | None) -> dict[str, str]:
 
 
 def _jit_config(
-    client: Client, env: dict[str, str], web: WebUnderTest, user: str
+    client: Client, env: dict[str, str], web: WebUnderTest, user: str, ca: Path
 ) -> None:
     argv = [*JIT, "config", "--server", web.url, "--user", user]
-    argv += ["--ca-file", str(web.ca_file)]
+    argv += ["--ca-file", str(ca)]
     result = client.host.run(argv, timeout=30, env=env)
     assert result.returncode == 0, result.stderr
 
@@ -185,74 +186,42 @@ def _answer_prompts(child: pexpect.spawn, person: Person) -> None:
     child.sendline(pyotp.TOTP(person.secret).at(time.time() + 30))
 
 
-@pytest.mark.parametrize("with_agent", [False, True], ids=["files", "agent"])
-def test_jit_ssh_reaches_a_real_sshd_through_the_bastion(
-    appliance: ApplianceUnderTest,
-    target: SSHDTarget,
-    client: Client,
-    person: str,
-    web_server: WebUnderTest,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    with_agent: bool,
-) -> None:
+def _start(appliance: ApplianceUnderTest, web: WebUnderTest, person: str) -> Person:
+    """Enroll the person, then start gunicorn and the bastion side by side."""
     alice = enroll_person(appliance.state, person, time.time)
+    web.start(wait=False)
     appliance.start()
-    web_server.start()
-    home = tmp_path / "home"
-    home.mkdir()
-    agent = request.getfixturevalue("agent") if with_agent else None
-    env = _jit_environment(home, agent)
-    _jit_config(client, env, web_server, person)
+    web.wait()
+    return alice
+
+
+def _jit_ssh_echo(
+    client: Client, env: dict[str, str], target: SSHDTarget, alice: Person
+) -> Path:
+    """``jit ssh web01 ... -- echo``, prompts answered, run to a good end;
+    return the one grant directory it left in the cache."""
     known_hosts = client.directory / "targets_known_hosts"
     known_hosts.write_text(target.known_hosts_line() + "\n")
-
     ssh_args = ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "BatchMode=yes"]
     ssh_args += ["-o", "StrictHostKeyChecking=yes", "echo reached $(id -un)"]
-    child = spawn_jit(
-        client,
-        env,
-        "ssh",
-        "web01",
-        "-r",
-        "deploy hotfix 7",
-        "--ttl",
-        "5m",
-        "--",
-        *ssh_args,
-    )
+    jit_args = ["ssh", "web01", "-r", "deploy hotfix 7", "--ttl", "5m", "--"]
+    child = spawn_jit(client, env, *jit_args, *ssh_args)
     _answer_prompts(child, alice)
-    child.expect_exact(f"reached {person}")
+    child.expect_exact(f"reached {alice.name}")
     child.expect(pexpect.EOF)
     child.close()
-
     assert child.exitstatus == 0, child.before
-    grants = list((home / ".cache" / "jit").iterdir())
-    assert len(grants) == 1
-    assert (grants[0] / "id").exists() is not with_agent
-    if not with_agent:
-        assert (grants[0] / "id").stat().st_mode & 0o777 == 0o600
-    issued = appliance.events("certificate.issued")[0]
-    assert issued["detail"]["via"] == "api"
-    assert issued["reason"] == "deploy hotfix 7"
+    [grant] = (Path(env["HOME"]) / ".cache" / "jit").iterdir()
+    return grant
 
 
-def test_jit_refuses_a_server_whose_certificate_does_not_verify(
-    appliance: ApplianceUnderTest,
-    client: Client,
-    person: str,
-    web_server: WebUnderTest,
-    tmp_path: Path,
+def _refused_by_tls(
+    client: Client, env: dict[str, str], web: WebUnderTest, tmp_path: Path
 ) -> None:
-    web_server.start()
-    home = tmp_path / "home"
-    home.mkdir()
-    env = _jit_environment(home, None)
+    """With a CA file the server's certificate does not chain to, jit stops."""
     other_ca = tmp_path / "other.pem"
     other_ca.write_text(_any_certificate_pem())
-    argv = [*JIT, "config", "--server", web_server.url, "--user", person]
-    assert client.host.run([*argv, "--ca-file", str(other_ca)], env=env).returncode == 0
-
+    _jit_config(client, env, web, client.user, other_ca)
     child = spawn_jit(client, env, "ssh", "web01", "-r", "should not get here")
     child.expect_exact("Password for")
     child.sendline("irrelevant password")
@@ -263,3 +232,46 @@ def test_jit_refuses_a_server_whose_certificate_does_not_verify(
 
     assert child.exitstatus == 1
     assert "CERTIFICATE_VERIFY_FAILED" in (child.before or "")
+
+
+def test_jit_ssh_checks_tls_then_reaches_sshd_with_0600_key_files(
+    appliance: ApplianceUnderTest,
+    target: SSHDTarget,
+    client: Client,
+    person: str,
+    web_server: WebUnderTest,
+    tmp_path: Path,
+) -> None:
+    alice = _start(appliance, web_server, person)
+    env = _jit_environment(tmp_path / "home", None)
+    _refused_by_tls(client, env, web_server, tmp_path)
+    _jit_config(client, env, web_server, person, web_server.ca_file)
+
+    grant = _jit_ssh_echo(client, env, target, alice)
+
+    assert (grant / "id").stat().st_mode & 0o777 == 0o600
+    assert jit.Grant(grant).key.read_text().startswith("-----BEGIN OPENSSH")
+    issued = appliance.events("certificate.issued")[0]
+    assert (issued["reason"], issued["detail"]["via"]) == ("deploy hotfix 7", "api")
+
+
+def test_jit_ssh_reaches_sshd_with_the_key_only_in_ssh_agent(
+    appliance: ApplianceUnderTest,
+    target: SSHDTarget,
+    client: Client,
+    person: str,
+    web_server: WebUnderTest,
+    tmp_path: Path,
+    agent: str,
+) -> None:
+    alice = _start(appliance, web_server, person)
+    env = _jit_environment(tmp_path / "home", agent)
+    _jit_config(client, env, web_server, person, web_server.ca_file)
+
+    grant = _jit_ssh_echo(client, env, target, alice)
+
+    assert not (grant / "id").exists()
+    listed = subprocess.run(
+        ["ssh-add", "-L"], env={"SSH_AUTH_SOCK": agent}, capture_output=True, text=True
+    )
+    assert "-cert-v01@openssh.com" in listed.stdout

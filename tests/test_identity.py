@@ -16,7 +16,7 @@ from appliance.errors import AuthFailed, InputError, NotFound
 from appliance.secret import Secret
 from appliance.state import State
 from appliance.store import invitations, lockouts, recovery_codes, users
-from tests.web.people import PASSWORD, Clock, Person
+from tests.web.people import PASSWORD, Clock, Person, jit_bastion
 
 pytest_plugins = ["tests.web.fixtures"]
 
@@ -415,3 +415,17 @@ def _events(state: State, kind: str) -> list[dict[str, object]]:
     from appliance import audit
 
     return audit.read_events(state.engine, kind=kind)
+
+
+def test_cli_set_totp_takes_a_typed_secret_with_spaces_and_lower_case(
+    web_state: State, people: Callable[..., Person], clock: Clock
+) -> None:
+    alice = people("alice")
+    secret = pyotp.random_base32()
+    typed = " ".join(secret[i : i + 4] for i in range(0, 32, 4)).lower()
+
+    result = jit_bastion(web_state, "user", "set-totp", "alice", stdin=typed + "\n")
+
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout + result.stderr
+    login(web_state, alice, pyotp.TOTP(secret).at(clock()))

@@ -24,6 +24,7 @@ from tests.web.people import (
     Clock,
     Person,
     csrf_token,
+    jit_bastion,
     log_in,
     private_key,
     private_text,
@@ -716,3 +717,33 @@ def test_password_code_secret_and_key_never_reach_logs_or_pages(
     with web_state.engine.connect() as connection:
         row = connection.execute(sa.select(users).where(users.c.name == "erin")).one()
     assert secret not in str(tuple(row))
+
+
+# The command line and gunicorn
+
+
+def test_user_add_prints_a_one_time_invitation_link(
+    web: FlaskClient, web_state: State
+) -> None:
+    result = jit_bastion(web_state, "user", "add", "frank", "--groups", "ops")
+
+    link = result.stdout.strip().splitlines()[-1]
+    assert link.startswith("https://bastion.test:8443/enroll/")
+    path = link.removeprefix("https://bastion.test:8443")
+    assert "Welcome, frank" in text(web.get(path))
+
+
+def test_gunicorn_serves_https_unless_trusted_proxies_are_named(
+    web_state: State,
+) -> None:
+    from webui.server import gunicorn_settings
+
+    direct = gunicorn_settings(web_state)
+    object.__setattr__(web_state.config.web, "trusted_proxies", ("10.0.0.5",))
+    proxied = gunicorn_settings(web_state)
+
+    assert direct["certfile"].endswith("web/tls.crt")
+    assert direct["forwarded_allow_ips"] == ""
+    assert "certfile" not in proxied
+    assert proxied["forwarded_allow_ips"] == "10.0.0.5"
+    assert direct["secure_scheme_headers"] == proxied["secure_scheme_headers"] == {}

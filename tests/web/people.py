@@ -7,6 +7,8 @@ Test modules import these; the fixtures that use them live in
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,3 +139,11 @@ def private_text(key: PrivateKey) -> str:
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     ).decode()
+
+
+def jit_bastion(
+    state: State, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``jit-bastion --state DIR ARGS`` for ``state``."""
+    argv = [sys.executable, "-m", "appliance.cli", "--state", str(state.path), *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)

@@ -8,6 +8,7 @@ once ``/healthz`` answers over HTTPS from inside that host.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -47,9 +48,12 @@ class WebUnderTest:
         """The self-signed certificate that init made for the web UI."""
         return self.appliance.state_path / "web" / "tls.crt"
 
-    def start(self, **settings: str) -> WebUnderTest:
+    def start(self, wait: bool = True, **settings: str) -> WebUnderTest:
         """Start gunicorn; the appliance's name is the bastion's address,
-        as DNS would have it, so the ssh_config it hands out works here."""
+        as DNS would have it, so the ssh_config it hands out works here.
+
+        With ``wait=False`` call :meth:`wait` later, so that other
+        servers can start meanwhile."""
         env = {**os.environ, **self.appliance.env, "PYTHONUNBUFFERED": "1"}
         env["JIT_BASTION_WEB_LISTEN"] = f"{self.host.address}:{self.port}"
         env["JIT_BASTION_APPLIANCE_NAME"] = self.appliance.host.address
@@ -58,10 +62,12 @@ class WebUnderTest:
         state = str(self.appliance.state_path)
         argv = [*JIT_BASTION, "--state", state, "serve", "web"]
         self.process = self.host.popen(argv, self.log, env=env)
-        self._wait_until_ready()
+        if wait:
+            self.wait()
         return self
 
-    def _wait_until_ready(self, timeout: float = 30) -> None:
+    def wait(self, timeout: float = 30) -> None:
+        """Return once /healthz answers; fail fast if gunicorn died."""
         deadline = time.monotonic() + timeout
         check = ["curl", "-skf", "--max-time", "2", self.url + "/healthz"]
         while time.monotonic() < deadline:
@@ -75,7 +81,9 @@ class WebUnderTest:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            # SIGINT: gunicorn's quick stop; SIGTERM would wait out the
+            # graceful timeout for a browser's kept-alive connections.
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
