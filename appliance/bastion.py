@@ -6,14 +6,18 @@ Authentication is public key with a certificate and nothing else; the
 bastion adds its own checks to asyncssh's (see :mod:`.certificate`),
 records the reason for each refusal, and looks up the grant behind the
 certificate's serial. The only channels it opens are ``direct-tcpip``
-ones to the granted target, relayed by :mod:`.forward`. When a
-certificate reaches ``valid_before``, or its serial is revoked, the
-connection and its tunnels are closed with that reason.
+ones to the granted target, relayed by :mod:`.forward`. A target is
+found through :mod:`.inventory`; a granted Proxmox guest that is stopped
+is started first when the grant allows it, and the channel open waits
+for it within ``proxmox.start_timeout``. When a certificate reaches
+``valid_before``, or its serial is revoked, the connection and its
+tunnels are closed with that reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import logging
@@ -25,7 +29,7 @@ from typing import Any
 import asyncssh
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import access
+from . import access, inventory
 from .certificate import (
     CERT_TYPE_USER,
     Certificate,
@@ -38,8 +42,9 @@ from .certificate import (
     parse_certificate,
 )
 from .config import parse_hostport
-from .errors import BastionError, NotFound, Refused, Unavailable
+from .errors import BastionError, NodeOffline, NotFound, Refused, Unavailable
 from .forward import ConnectFailed, Tunnel, open_tunnel
+from .guests import GuestInventory, StartStage
 from .inventory import Target
 from .names import is_login_name
 from .state import State
@@ -104,6 +109,7 @@ class Bastion:
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then close every connection."""
         server = await self.start()
+        self.spawn(self._learn_targets())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,6 +121,20 @@ class Bastion:
             connection.close_with("the bastion is shutting down")
         await server.wait_closed()
         await self.close()
+
+    async def _learn_targets(self) -> None:
+        """List the targets once at start, so the operator sees what counts.
+
+        This also teaches the inventory the guests' names while their
+        nodes answer: an offline node's guests are listed without one.
+        """
+        listing = await inventory.gather_targets(self.state)
+        guests = sum(1 for target in listing if target.guest is not None)
+        logger.info(
+            "Targets: %d static, %d Proxmox guests", len(listing) - guests, guests
+        )
+        if listing.problem:
+            logger.warning("%s", listing.problem)
 
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, f"c{next(self._ids)}")
@@ -446,6 +466,8 @@ class BastionConnection(asyncssh.SSHServer):
         grant = await self._bastion.find_grant(grant.serial)
         if grant.revoked:
             raise Refused("the certificate was revoked")
+        if self.certificate and time.time() >= self.certificate.valid_before:
+            raise Refused("the certificate expired: ask for a new one")
         if dest_host.lower() != grant.target.lower():
             raise await self._not_granted(dest_host, grant)
         if dest_port not in grant.ports:
@@ -454,17 +476,104 @@ class BastionConnection(asyncssh.SSHServer):
                 f"port {dest_port} is not allowed on {grant.target!r} "
                 f"(allowed: {allowed})"
             )
-        target = await asyncio.to_thread(
-            access.resolve_target, self._state, grant.target
-        )
+        target = await inventory.find_target(self._state, grant.target)
         # Port 22 means "the target's SSH port", wherever it listens.
         port = target.port if dest_port == 22 else dest_port
+        if target.guest is not None:
+            target = await self._reach_guest(target, port, grant)
 
         return target, port
 
+    async def _reach_guest(
+        self, target: Target, port: int, grant: access.Grant
+    ) -> Target:
+        """Return a guest target with its address, started if it must be.
+
+        Deny by default: a guest that is not running is started only
+        when the grant says it may be, and its node must answer.
+        """
+        guests = inventory.guest_inventory(self._state.config)
+        guest = target.guest
+        assert guests is not None and guest is not None
+        if not guest.available:
+            raise NodeOffline(
+                f"node offline: node {guest.node!r} of target {target.name!r} "
+                "does not answer; try again when it is back",
+                guest.node,
+            )
+        status = guest.status
+        if status != "running":
+            # The cluster's list can lag; status/current is authoritative.
+            current = await guests.client.guest_status(
+                guest.node, guest.kind, guest.vmid
+            )
+            status = str(current.get("status") or status)
+        if status == "running":
+            address = await guests.address(guest)
+        elif grant.may_start:
+            address = await self._start_guest(guests, target, port)
+        else:
+            raise Refused(
+                f"target {target.name!r} is {status} and this grant may not start it"
+            )
+
+        return dataclasses.replace(target, host=address)
+
+    async def _start_guest(
+        self, guests: GuestInventory, target: Target, port: int
+    ) -> str:
+        """Start a guest and wait, within proxmox.start_timeout, for ``port``."""
+        assert target.guest is not None
+        upids: list[str] = []
+
+        def progress(stage: StartStage, detail: str) -> None:
+            if stage is StartStage.STARTING:
+                upids.append(detail)
+            self._log(logging.INFO, "Guest %s: %s %s", target.name, stage, detail)
+
+        began = time.monotonic()
+        try:
+            address = await guests.start_and_wait(
+                target.guest, port=port, progress=progress
+            )
+        except BastionError as exc:
+            upid = getattr(exc, "upid", None) or (upids[0] if upids else None)
+            self._audit_guest("guest.start_failed", target, upid, str(exc))
+            raise
+        if upids:
+            seconds = round(time.monotonic() - began, 1)
+            self._audit_guest("guest.started", target, upids[0], seconds=seconds)
+
+        return address
+
+    def _audit_guest(
+        self,
+        kind: str,
+        target: Target,
+        upid: str | None,
+        reason: str | None = None,
+        **detail: Any,
+    ) -> None:
+        """Audit a guest start on behalf of this connection's holder."""
+        self._bastion.audit(
+            kind,
+            actor=self.login,
+            source=self.peer,
+            target=target.name,
+            serial=self.serial,
+            key_id=self._key_id,
+            request_id=self.grant.request_id if self.grant else None,
+            reason=reason,
+            outcome="failed" if reason else "started",
+            upid=upid,
+            node=target.node,
+            vmid=target.vmid,
+            **detail,
+        )
+
     async def _not_granted(self, dest_host: str, grant: access.Grant) -> BastionError:
         try:
-            await asyncio.to_thread(access.resolve_target, self._state, dest_host)
+            await inventory.find_target(self._state, dest_host)
         except BastionError:
             return NotFound(
                 f"unknown target {dest_host!r}: name a target, as granted: "

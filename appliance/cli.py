@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ca(commands)
     _add_serve(commands)
     _add_audit(commands)
+    _add_proxmox(commands)
     check = commands.add_parser("check", help="validate config and state")
     check.set_defaults(handler=cmd_check)
 
@@ -112,8 +113,13 @@ def _add_target(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add.add_argument("name")
     add.add_argument("address", metavar="HOST[:PORT]")
     add.set_defaults(handler=cmd_target_add)
-    targets = commands.add_parser("targets", help="list targets")
-    targets.add_argument("--json", action="store_true")
+    targets = commands.add_parser(
+        "targets",
+        help="list static targets and Proxmox guests",
+        description="List every target: name, kind, node, status, address. "
+        "Exits 1 when Proxmox guests could not be listed.",
+    )
+    targets.add_argument("--json", action="store_true", help="a JSON array")
     targets.set_defaults(handler=cmd_targets)
 
 
@@ -177,6 +183,19 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument("--limit", type=int, default=1000, help="newest N (1000)")
     show.add_argument("--json", action="store_true", help="one JSON event a line")
     show.set_defaults(handler=cmd_audit_show)
+
+
+def _add_proxmox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    proxmox = commands.add_parser("proxmox", help="the Proxmox VE link")
+    actions = proxmox.add_subparsers(required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="reach the API; list the privileges the token lacks",
+        description="Reach the Proxmox API with the configured token, print "
+        "its version and the privileges the token needs; exit 1 when any "
+        "is missing.",
+    )
+    check.set_defaults(handler=cmd_proxmox_check)
 
 
 def open_state(args: argparse.Namespace) -> State:
@@ -291,24 +310,50 @@ def cmd_target_add(args: argparse.Namespace) -> int:
 
 def cmd_targets(args: argparse.Namespace) -> int:
     """List the targets: name, kind, node, status, address."""
-    state = open_state(args)
+    listing = inventory.list_targets(open_state(args), addresses=True)
     rows = [
         {
             "name": t.name,
             "kind": t.kind,
             "node": t.node or "-",
-            "status": t.status,
-            "address": f"{t.host}:{t.port}",
+            "vmid": t.vmid,
+            "status": t.status if t.available else f"{t.status} (node offline)",
+            "address": f"{t.host}:{t.port}" if t.host else "-",
         }
-        for t in inventory.list_static_targets(state.engine)
+        for t in listing
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print("\t".join(str(v) for v in row.values()))
+            print("\t".join(str(v) for k, v in row.items() if k != "vmid"))
+    if listing.problem:
+        print(f"jit-bastion: {listing.problem}", file=sys.stderr)
 
-    return 0
+    return 1 if listing.problem else 0
+
+
+def cmd_proxmox_check(args: argparse.Namespace) -> int:
+    """Reach the API; print its version and the privileges the token lacks."""
+    from .proxmox import ProxmoxClient, run_sync
+
+    state = open_state(args)
+    client = ProxmoxClient.from_config(state.config.proxmox)
+    try:
+        report = run_sync(client.check())
+    finally:
+        client.close()
+    print(f"Proxmox VE {report.version} at {client.url}, token {client.token}")
+    for privilege in report.needed:
+        print(f"{privilege}\t{'missing' if privilege in report.missing else 'ok'}")
+    if report.missing:
+        print(
+            f"jit-bastion: the token lacks {', '.join(report.missing)}: "
+            "grant them with scripts/pve-create-token.sh",
+            file=sys.stderr,
+        )
+
+    return 1 if report.missing else 0
 
 
 def cmd_cert_issue(args: argparse.Namespace) -> int:

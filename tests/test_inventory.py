@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance import access, inventory
+from appliance import access, cli, inventory
 from appliance.errors import AmbiguousName, ConfigError, NotFound, Refused
 from appliance.identity import add_user
 from appliance.state import State, initialize
@@ -281,3 +281,101 @@ def _forget_cached_guests(state: State) -> None:
     guests = inventory.guest_inventory(state.config)
     assert guests is not None
     guests.invalidate()
+
+
+# The commands: jit-bastion targets and jit-bastion proxmox check.
+
+
+def _cli(state_path: Path, *args: str) -> int:
+    return cli.main(["--state", str(state_path), *args])
+
+
+def test_the_targets_command_lists_both_kinds_with_addresses(
+    state: State,
+    state_path: Path,
+    pve: PVEDouble,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inventory.add_static_target(state.engine, "legacy", "192.0.2.10", 2222)
+    pve.cluster.add_guest(101, "web01", "pve1", status="running")
+    pve.cluster.add_guest(201, "ct01", "pve2", kind="lxc")
+
+    status = _cli(state_path, "targets")
+    text = capsys.readouterr().out
+    as_json = _cli(state_path, "targets", "--json")
+    rows = json.loads(capsys.readouterr().out)
+
+    assert status == as_json == 0
+    assert text.splitlines() == [
+        "ct01\tlxc\tpve2\tstopped\t-",
+        "legacy\tstatic\t-\trunning\t192.0.2.10:2222",
+        "web01\tqemu\tpve1\trunning\t192.0.2.101:22",
+    ]
+    assert rows[2] == {
+        "name": "web01",
+        "kind": "qemu",
+        "node": "pve1",
+        "vmid": 101,
+        "status": "running",
+        "address": "192.0.2.101:22",
+    }
+
+
+def test_the_targets_command_shows_offline_nodes_and_outages(
+    state: State,
+    state_path: Path,
+    pve: PVEDouble,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inventory.add_static_target(state.engine, "legacy", "192.0.2.10", 22)
+    pve.cluster.add_guest(201, "db01", "pve2", status="running")
+    pve.cluster.set_online("pve2", False)
+
+    offline = _cli(state_path, "targets")
+    listed = capsys.readouterr().out
+    pve.cluster.tokens.clear()
+    _forget_cached_guests(state)
+    outage = _cli(state_path, "targets")
+    out, err = capsys.readouterr()
+
+    assert offline == 0
+    assert "201\tqemu\tpve2\tunknown (node offline)\t-" in listed
+    assert outage == 1
+    assert out == "legacy\tstatic\t-\trunning\t192.0.2.10:22\n"
+    assert "jit-bastion: Proxmox guests are unavailable: " in err
+
+
+def test_proxmox_check_prints_the_version_and_each_privilege(
+    state: State, state_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = _cli(state_path, "proxmox", "check")
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.startswith("Proxmox VE 9.1.3 at https://127.0.0.1:")
+    assert "token bastion@pve!jit" in out
+    for privilege in ("VM.Audit", "VM.PowerMgmt", "VM.GuestAgent.Audit"):
+        assert f"{privilege}\tok" in out
+
+
+def test_proxmox_check_fails_when_the_token_lacks_a_privilege(
+    state: State, state_path: Path, pve: PVEDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pve.cluster.tokens["bastion@pve!jit"].acl = {"/": frozenset({"VM.Audit"})}
+
+    status = _cli(state_path, "proxmox", "check")
+
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "VM.PowerMgmt\tmissing" in out
+    assert "VM.Audit\tok" in out
+    assert "lacks VM.PowerMgmt, VM.GuestAgent.Audit" in err
+
+
+def test_proxmox_check_without_proxmox_says_it_is_not_configured(
+    state_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = _cli(state_path, "proxmox", "check")
+
+    assert status == 2
+    assert "proxmox.url is empty" in capsys.readouterr().err
