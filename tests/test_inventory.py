@@ -379,3 +379,20 @@ def test_proxmox_check_without_proxmox_says_it_is_not_configured(
 
     assert status == 2
     assert "proxmox.url is empty" in capsys.readouterr().err
+
+
+def test_the_web_ui_offers_guests_that_policy_lets_a_person_reach(
+    state_path: Path, pve: PVEDouble
+) -> None:
+    from appliance.identity import find_user
+    from webui.targets import reachable_targets
+
+    pve.cluster.add_guest(101, "web01", "pve1", tags=("jit", "web"))
+    pve.cluster.add_guest(201, "db01", "pve2", tags=("jit", "db"))
+    rules = [{"groups": ["ops"], "tags": ["web"], "max_ttl": "1h"}]
+    with open_state(state_path, pve, policy=rules) as state:
+        add_user(state.engine, "alice", groups=("ops",))
+
+        offered = reachable_targets(state, find_user(state.engine, "alice"))
+
+        assert [(t.name, t.max_ttl) for t in offered] == [("web01", 3600)]

@@ -23,7 +23,7 @@ class Reachable:
 def reachable_targets(state: State, user: User) -> list[Reachable]:
     """Every target some policy rule lets ``user`` reach, by name."""
     found = []
-    for target in inventory.list_static_targets(state.engine):
+    for target in inventory.list_targets(state):
         try:
             decision = policy.decide(state.config, user.name, user.groups, target)
         except Refused:
