@@ -213,22 +213,27 @@ class Grant:
 
     @property
     def key(self) -> Path:
+        """The private key file (absent once it is in ssh-agent)."""
         return self.directory / "id"
 
     @property
     def public_key(self) -> Path:
+        """The public key file."""
         return self.directory / "id.pub"
 
     @property
     def certificate(self) -> Path:
+        """The certificate, beside the key as OpenSSH expects."""
         return self.directory / "id-cert.pub"
 
     @property
     def ssh_config(self) -> Path:
+        """The generated ssh_config for ``ssh -F``."""
         return self.directory / "ssh_config"
 
     @property
     def expires(self) -> Path:
+        """The Unix time after which the grant is removed."""
         return self.directory / "expires"
 
 
@@ -383,13 +388,35 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def _hand_key_over(grant: Grant, lifetime: int) -> Path:
-    """Move the key into ssh-agent when one answers, else keep the file;
-    return what ssh_config's IdentityFile names."""
+    """Move the key into ssh-agent when one answers, else keep the file
+    and have it removed at expiry; return what IdentityFile names."""
     if agent_available():
         add_to_agent(grant, lifetime)
         return grant.public_key
+    start_reaper(grant, lifetime)
 
     return grant.key
+
+
+def start_reaper(grant: Grant, lifetime: int) -> int:
+    """Leave a detached process that deletes the grant's files at expiry.
+
+    If it never runs (the laptop sleeps, reboots), the next ``jit`` run
+    removes expired grants instead. Returns its process id, also kept
+    in ``reaper.pid``.
+    """
+    script = '(sleep "$1" && rm -rf -- "$2") </dev/null >/dev/null 2>&1 & echo $!'
+    started = subprocess.run(
+        ["sh", "-c", script, "jit-reaper", str(max(lifetime, 1)), str(grant.directory)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        start_new_session=True,
+    )
+    pid = int(started.stdout.strip())
+    (grant.directory / "reaper.pid").write_text(f"{pid}\n")
+
+    return pid
 
 
 def _tell(answer: dict[str, Any], grant: Grant) -> None:

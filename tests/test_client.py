@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -251,8 +252,16 @@ def test_jit_ssh_checks_tls_then_reaches_sshd_with_0600_key_files(
 
     assert (grant / "id").stat().st_mode & 0o777 == 0o600
     assert jit.Grant(grant).key.read_text().startswith("-----BEGIN OPENSSH")
+    _stop_reaper(grant)
     issued = appliance.events("certificate.issued")[0]
     assert (issued["reason"], issued["detail"]["via"]) == ("deploy hotfix 7", "api")
+
+
+def _stop_reaper(grant: Path) -> None:
+    """The reaper would sleep out the certificate's five minutes; end it."""
+    pid = int((grant / "reaper.pid").read_text())
+    assert Path(f"/proc/{pid}").exists()
+    os.kill(pid, signal.SIGTERM)
 
 
 def test_jit_ssh_reaches_sshd_with_the_key_only_in_ssh_agent(
@@ -275,3 +284,17 @@ def test_jit_ssh_reaches_sshd_with_the_key_only_in_ssh_agent(
         ["ssh-add", "-L"], env={"SSH_AUTH_SOCK": agent}, capture_output=True, text=True
     )
     assert "-cert-v01@openssh.com" in listed.stdout
+
+
+def test_reaper_removes_key_files_at_expiry(tmp_path: Path) -> None:
+    grant = jit.Grant(tmp_path / "web01-1")
+    grant.directory.mkdir()
+    grant.key.write_text("key")
+
+    pid = jit.start_reaper(grant, 1)
+
+    assert (grant.directory / "reaper.pid").read_text().strip() == str(pid)
+    deadline = time.monotonic() + 10
+    while grant.directory.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not grant.directory.exists()
