@@ -258,10 +258,11 @@ def test_jit_ssh_checks_tls_then_reaches_sshd_with_0600_key_files(
 
 
 def _stop_reaper(grant: Path) -> None:
-    """The reaper would sleep out the certificate's five minutes; end it."""
+    """The reaper would sleep out the certificate's five minutes; end it
+    and its sleep (one process group, the reaper's own session)."""
     pid = int((grant / "reaper.pid").read_text())
     assert Path(f"/proc/{pid}").exists()
-    os.kill(pid, signal.SIGTERM)
+    os.killpg(os.getpgid(pid), signal.SIGTERM)
 
 
 def test_jit_ssh_reaches_sshd_with_the_key_only_in_ssh_agent(
