@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pexpect
@@ -299,3 +302,20 @@ def test_reaper_removes_key_files_at_expiry(tmp_path: Path) -> None:
     while grant.directory.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not grant.directory.exists()
+
+
+def test_api_error_is_shown_with_its_message_and_code() -> None:
+    body = b'{"error": {"code": "refused", "message": "no policy rule lets it"}}'
+    error = urllib.error.HTTPError(
+        "https://bastion.example/api/v1/certificates",
+        403,
+        "Forbidden",
+        Message(),
+        io.BytesIO(body),
+    )
+    garbled = urllib.error.HTTPError(
+        "https://bastion.example/", 502, "Bad Gateway", Message(), io.BytesIO(b"<html>")
+    )
+
+    assert jit._error_message(error) == "no policy rule lets it (refused)"
+    assert jit._error_message(garbled) == "the appliance answered HTTP 502 Bad Gateway"

@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import BastionError
+from appliance.errors import BastionError, ConfigError
 from appliance.state import State
 
 from . import admin, api, auth, guard, mine, requests
@@ -94,8 +94,13 @@ def create_app(state: State) -> Flask:
 
 def _settings(state: State) -> dict[str, object]:
     """Flask settings: the secret key from the state dir, strict cookies."""
-    state.write_web_keys()
-    key = (state.web_dir / "session.key").read_text().strip()
+    path = state.web_dir / "session.key"
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is missing: 'jit-bastion serve web' makes it"
+        ) from None
 
     return {
         "SECRET_KEY": key,
