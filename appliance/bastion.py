@@ -204,7 +204,9 @@ class BastionConnection(asyncssh.SSHServer):
         self.tunnels: set[Tunnel] = set()
         self._conn: asyncssh.SSHServerConnection | None = None
         self._login_refusal: str | None = None
-        self._verdicts: dict[bytes, str | None] = {}
+        # Keyed by login and key: a client may change the login between
+        # attempts, and a verdict for one login says nothing of another.
+        self._verdicts: dict[tuple[str, bytes], str | None] = {}
         self._grants: dict[bytes, access.Grant] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._closing_reason: str | None = None
@@ -251,6 +253,7 @@ class BastionConnection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         """Refuse login names that are not plain POSIX names, up front."""
         self.login = username if is_login_name(username) else repr(username)
+        self._login_refusal = None
         if not is_login_name(username):
             self._login_refusal = f"login name {username!r} is not allowed"
             self._refuse_auth(self._login_refusal)
@@ -319,10 +322,10 @@ class BastionConnection(asyncssh.SSHServer):
 
     async def judge_offer(self, username: str, key_data: bytes) -> str | None:
         """Return why an offered key must be refused, or None to go on."""
-        if key_data in self._verdicts:
-            return self._verdicts[key_data]
+        if (username, key_data) in self._verdicts:
+            return self._verdicts[username, key_data]
         reason = self._login_refusal or await self._judge(username, key_data)
-        self._verdicts[key_data] = reason
+        self._verdicts[username, key_data] = reason
         if reason:
             self._refuse_auth(reason, key_data)
 
