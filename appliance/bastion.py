@@ -30,6 +30,7 @@ import asyncssh
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import access, inventory
+from .audit import log_head
 from .certificate import (
     CERT_TYPE_USER,
     Certificate,
@@ -72,6 +73,7 @@ class Bastion:
         self._background: set[asyncio.Task[Any]] = set()
         self._server: asyncssh.SSHAcceptor | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._head_logger: asyncio.Task[None] | None = None
 
     async def start(self) -> asyncssh.SSHAcceptor:
         """Start listening on the configured address."""
@@ -98,6 +100,9 @@ class Bastion:
             encryption_algs=list(ssh.ciphers),
         )
         self._watcher = asyncio.create_task(self._watch_revocations())
+        self._head_logger = asyncio.create_task(
+            log_head(self.state.engine, self.state.config.audit.head_interval)
+        )
         logger.info(
             "Bastion listening on %s, user CA %s",
             ssh.listen,
@@ -154,6 +159,17 @@ class Bastion:
         """Record an audit event from a worker thread, off the event loop."""
         self.spawn(asyncio.to_thread(self.state.auditor.record, kind, **fields))
 
+    async def record(self, kind: str, **fields: Any) -> bool:
+        """Record an event and wait until it is stored, so that a client
+        never sees a step the audit trail lacks; False if the store failed."""
+        try:
+            await asyncio.to_thread(self.state.auditor.record, kind, **fields)
+        except SQLAlchemyError as exc:
+            logger.error("Could not record %s: %s", kind, type(exc).__name__)
+            return False
+
+        return True
+
     async def find_grant(self, serial: int) -> access.Grant:
         """Look up a grant off the event loop; a store failure is Unavailable."""
         try:
@@ -165,8 +181,9 @@ class Bastion:
 
     async def close(self) -> None:
         """Stop watching revocations and wait for audit writes to finish."""
-        if self._watcher:
-            self._watcher.cancel()
+        for loop_task in (self._watcher, self._head_logger):
+            if loop_task:
+                loop_task.cancel()
         pending = [t for t in self._background if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)
@@ -288,16 +305,6 @@ class BastionConnection(asyncssh.SSHServer):
             cert.key_id,
             format_timestamp(cert.valid_before),
         )
-        self._bastion.audit(
-            "auth.accepted",
-            actor=self.login,
-            source=self.peer,
-            serial=cert.serial,
-            key_id=cert.key_id,
-            target=self.grant.target,
-            request_id=self.grant.request_id,
-            outcome="accepted",
-        )
         delay = max(0.0, cert.valid_before - time.time())
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_later(delay, self._certificate_expired)
@@ -356,10 +363,24 @@ class BastionConnection(asyncssh.SSHServer):
 
         return None
 
-    def accept_offer(self, key_data: bytes) -> None:
-        """Remember the certificate whose signature asyncssh just verified."""
-        self.certificate = parse_certificate(key_data)
-        self.grant = self._grants[key_data]
+    async def accept_offer(self, key_data: bytes) -> bool:
+        """Record the login whose signature asyncssh just verified, then
+        remember its certificate; refuse it if it cannot be recorded."""
+        cert, grant = parse_certificate(key_data), self._grants[key_data]
+        recorded = await self._bastion.record(
+            "auth.accepted",
+            actor=self.login,
+            source=self.peer,
+            serial=cert.serial,
+            key_id=cert.key_id,
+            target=grant.target,
+            request_id=grant.request_id,
+            outcome="accepted",
+        )
+        if recorded:
+            self.certificate, self.grant = cert, grant
+
+        return recorded
 
     def _refuse_auth(self, reason: str, key_data: bytes | None = None) -> None:
         serial = key_id = None
@@ -435,11 +456,7 @@ class BastionConnection(asyncssh.SSHServer):
             self._refuse_tunnel(
                 where, str(exc), asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
             )
-        self.tunnels.add(tunnel)
-        self._log(
-            logging.INFO, "Tunnel opened to %s (%s:%d)", target.name, target.host, port
-        )
-        self._bastion.audit(
+        recorded = await self._bastion.record(
             "tunnel.opened",
             actor=self.login,
             source=self.peer,
@@ -449,6 +466,15 @@ class BastionConnection(asyncssh.SSHServer):
             request_id=self.grant.request_id if self.grant else None,
             outcome="opened",
             port=dest_port,
+        )
+        if not recorded:
+            tunnel.close("the audit trail cannot be written")
+            self._refuse_tunnel(
+                where, "the audit trail cannot be written", asyncssh.OPEN_CONNECT_FAILED
+            )
+        self.tunnels.add(tunnel)
+        self._log(
+            logging.INFO, "Tunnel opened to %s (%s:%d)", target.name, target.host, port
         )
 
         return tunnel
@@ -659,7 +685,7 @@ def _wrap_certificate_checks(
             return False
         accepted = await original_validate(username, key_data, msg, signature)
         if accepted and msg:
-            owner.accept_offer(key_data)
+            return await owner.accept_offer(key_data)
         return accepted
 
     async def validate_certificate(username: str, cert: Any) -> asyncssh.SSHKey | None:

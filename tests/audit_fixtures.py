@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Client, SSHDTarget, cert_path
+from tests.harness import ApplianceUnderTest, Client, SSHDTarget, cert_path
 
 #: An RFC 5424 message: PRI, version, timestamp, host, app, procid,
 #: msgid, structured data, message.
@@ -138,7 +138,7 @@ class SyslogReceiver:
 
 def direct_config(client: Client, target: SSHDTarget, key: Path) -> Path:
     """An ssh_config that reaches ``target`` straight, not through the bastion."""
-    known_hosts = client.directory / f"known_hosts-{target.name}"
+    known_hosts = client.directory / f"known_hosts-{target.name}-{key.name}"
     known_hosts.write_text(target.known_hosts_line() + "\n")
     path = client.directory / f"ssh_config-direct-{key.name}"
     path.write_text(
@@ -148,6 +148,24 @@ def direct_config(client: Client, target: SSHDTarget, key: Path) -> Path:
         f"  CertificateFile {cert_path(key)}\n"
         f"  IdentitiesOnly yes\n  UserKnownHostsFile {known_hosts}\n"
         "  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n"
+        "  LogLevel ERROR\n"
+    )
+    return path
+
+
+def bastion_config(appliance: ApplianceUnderTest, client: Client) -> Path:
+    """An ssh_config for the bastion alone; each ssh run names its own key
+    with ``-i`` and ``-o CertificateFile=``, which apply to the bastion."""
+    state = appliance.state
+    known_hosts = client.directory / f"known_hosts-{appliance.host.name}"
+    known_hosts.write_text(state.ca.known_hosts_line(state.host_names()) + "\n")
+    path = client.directory / f"ssh_config-{appliance.host.name}"
+    path.write_text(
+        f"Host {appliance.host.name}\n  HostName {appliance.host.address}\n"
+        f"  Port {appliance.port}\n  User {client.user}\n"
+        f"  HostKeyAlias {state.host_names()[0]}\n"
+        f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n"
+        "  BatchMode yes\n  IdentitiesOnly yes\n  ConnectTimeout 30\n"
         "  LogLevel ERROR\n"
     )
     return path
