@@ -29,7 +29,7 @@ from typing import Any
 import asyncssh
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import access, inventory
+from . import access, identity, inventory
 from .audit import log_head
 from .certificate import (
     CERT_TYPE_USER,
@@ -170,6 +170,38 @@ class Bastion:
 
         return True
 
+    async def address_lock(self, address: str) -> str | None:
+        """Why ``address`` may not log in now, or None: web and SSH failures
+        from one address share one lockout."""
+        key = identity.lockout_keys("", address)[1]
+        try:
+            locked = await asyncio.to_thread(
+                identity._locked, self.state.engine, (key,)
+            )
+        except SQLAlchemyError:
+            return "the appliance's store is unavailable"
+
+        return f"{address} is locked after repeated failures" if locked else None
+
+    async def count_failure(self, address: str) -> None:
+        """Count one failure against ``address`` in the shared lockout."""
+        key = identity.lockout_keys("", address)[1]
+        try:
+            await asyncio.to_thread(identity._record_failures, self.state, (key,))
+        except SQLAlchemyError as exc:
+            logger.error("Could not count a failure: %s", type(exc).__name__)
+
+    async def is_user(self, name: str) -> bool:
+        """Whether ``name`` is an account here; True when the store is down."""
+        try:
+            await asyncio.to_thread(identity.find_user, self.state.engine, name)
+        except NotFound:
+            return False
+        except SQLAlchemyError:
+            return True
+
+        return True
+
     async def find_grant(self, serial: int) -> access.Grant:
         """Look up a grant off the event loop; a store failure is Unavailable."""
         try:
@@ -221,6 +253,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.tunnels: set[Tunnel] = set()
         self._conn: asyncssh.SSHServerConnection | None = None
         self._login_refusal: str | None = None
+        self._logins_checked: set[str] = set()
         # Keyed by login and key: a client may change the login between
         # attempts, and a verdict for one login says nothing of another.
         self._verdicts: dict[tuple[str, bytes], str | None] = {}
@@ -331,12 +364,27 @@ class BastionConnection(asyncssh.SSHServer):
         """Return why an offered key must be refused, or None to go on."""
         if (username, key_data) in self._verdicts:
             return self._verdicts[username, key_data]
-        reason = self._login_refusal or await self._judge(username, key_data)
+        lock = await self._bastion.address_lock(self.peer)
+        reason = lock or self._login_refusal or await self._judge(username, key_data)
         self._verdicts[username, key_data] = reason
         if reason:
             self._refuse_auth(reason, key_data)
+        if reason and not lock:
+            await self._count_failure(username, key_data)
 
         return reason
+
+    async def _count_failure(self, username: str, key_data: bytes) -> None:
+        """Count a refused certificate, and once an unknown login, against
+        the peer's address; plain keys a client offers besides do not count."""
+        if is_certificate_blob(key_data):
+            await self._bastion.count_failure(self.peer)
+            return
+        if username in self._logins_checked:
+            return
+        self._logins_checked.add(username)
+        if not await self._bastion.is_user(username):
+            await self._bastion.count_failure(self.peer)
 
     async def _judge(self, username: str, key_data: bytes) -> str | None:
         if not is_certificate_blob(key_data):

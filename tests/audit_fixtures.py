@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.inventory import add_static_target
 from tests.harness import ApplianceUnderTest, Client, SSHDTarget, cert_path
+from tests.netlab import Network
 
 #: An RFC 5424 message: PRI, version, timestamp, host, app, procid,
 #: msgid, structured data, message.
@@ -169,3 +171,22 @@ def bastion_config(appliance: ApplianceUnderTest, client: Client) -> Path:
         "  LogLevel ERROR\n"
     )
     return path
+
+
+def start_web01(
+    network: Network,
+    appliance: ApplianceUnderTest,
+    directory: Path,
+    *,
+    trusted: Path | None = None,
+    extra_config: str = "",
+) -> SSHDTarget:
+    """Start a real sshd called web01 and register it as the appliance's
+    target; it trusts the appliance's user CA unless told otherwise."""
+    host = network.host("web01")
+    sshd = SSHDTarget("web01", host, directory, trusted or appliance.user_ca_file())
+    sshd.port = host.free_port(22)
+    sshd.extra_config = extra_config
+    sshd.start()
+    add_static_target(appliance.state.engine, "web01", host.address, sshd.port)
+    return sshd

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from appliance import audit
-from appliance.inventory import add_static_target
-from tests.audit_fixtures import bastion_config, wait_until
+from tests.audit_fixtures import bastion_config, start_web01, wait_until
 from tests.harness import ApplianceUnderTest, Client, SSHDTarget, cert_path, keygen
 from tests.netlab import Network
 
@@ -35,12 +34,8 @@ def busy_target(
     network: Network, appliance: ApplianceUnderTest, tmp_path: Path, person: str
 ) -> Iterator[SSHDTarget]:
     """A real sshd called web01 that lets hundreds of clients wait at once."""
-    host = network.host("web01")
-    sshd = SSHDTarget("web01", host, tmp_path / "web01", appliance.user_ca_file())
-    sshd.port = host.free_port(22)
-    sshd.extra_config = "MaxStartups 1000:30:1000\nLoginGraceTime 60\n"
-    sshd.start()
-    add_static_target(appliance.state.engine, "web01", host.address, sshd.port)
+    extra = "MaxStartups 1000:30:1000\nLoginGraceTime 60\n"
+    sshd = start_web01(network, appliance, tmp_path / "web01", extra_config=extra)
     yield sshd
     sshd.stop()
 
@@ -143,10 +138,10 @@ def test_no_event_is_lost_under_load_or_kill(
     assert _count(appliance, "auth.accepted") == every
     assert _count(appliance, "tunnel.opened") == every
     assert half <= _count(appliance, "tunnel.closed") <= every
-    assert appliance.cli("audit", "verify").stdout.startswith("audit chain verified")
     log = appliance.log.read_text().splitlines()
     logged = [line for line in log if "audit head seq=" in line]
-    appliance.cli("audit", "verify", "--head", logged[-1])
+    verified = appliance.cli("audit", "verify", "--head", logged[-1]).stdout
+    assert verified.startswith("audit chain verified")
 
     # The chain goes on after a restart.
     appliance.start()
@@ -155,4 +150,4 @@ def test_no_event_is_lost_under_load_or_kill(
     assert _finish([again])[0].startswith(b"SSH-2.0-OpenSSH")
     before = half[serials[0]]
     wait_until(lambda: _count(appliance, "tunnel.closed")[serials[0]] > before)
-    assert appliance.cli("audit", "verify").returncode == 0
+    assert audit.verify_chain(appliance.state.engine)[1] is None

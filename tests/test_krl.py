@@ -10,7 +10,7 @@ import pytest
 
 from appliance.access import revoke
 from appliance.inventory import add_static_target
-from tests.audit_fixtures import direct_config
+from tests.audit_fixtures import direct_config, start_web01
 from tests.harness import ApplianceUnderTest, Client, SSHDTarget, keygen
 from tests.netlab import Network
 
@@ -20,15 +20,13 @@ def guarded(
     network: Network, appliance: ApplianceUnderTest, tmp_path: Path, person: str
 ) -> Iterator[SSHDTarget]:
     """A real sshd called web01 that reads the appliance's KRL."""
-    host = network.host("web01")
     directory = tmp_path / "web01"
     directory.mkdir()
-    sshd = SSHDTarget("web01", host, directory, appliance.user_ca_file())
-    sshd.port = host.free_port(22)
-    sshd.extra_config = f"RevokedKeys {directory / 'revoked.krl'}\n"
-    appliance.cli("ca", "krl", "--out", str(directory / "revoked.krl"))
-    sshd.start()
-    add_static_target(appliance.state.engine, "web01", host.address, sshd.port)
+    krl = directory / "revoked.krl"
+    appliance.cli("ca", "krl", "--out", str(krl))
+    sshd = start_web01(
+        network, appliance, directory, extra_config=f"RevokedKeys {krl}\n"
+    )
     yield sshd
     sshd.stop()
 

@@ -24,7 +24,7 @@ import pytest
 from appliance import audit
 from appliance.access import revoke
 from appliance.inventory import add_static_target
-from tests.audit_fixtures import bastion_config, direct_config
+from tests.audit_fixtures import bastion_config, direct_config, start_web01
 from tests.harness import (
     ApplianceUnderTest,
     Client,
@@ -159,13 +159,12 @@ def bench(
     trusted.write_text(
         appliance.user_ca_file().read_text() + rsa_appliance.user_ca_file().read_text()
     )
-    host = network.host("web01")
-    sshd = SSHDTarget("web01", host, tmp_path / "web01", trusted)
-    sshd.port = host.free_port(22)
-    sshd.start()
+    sshd = start_web01(network, appliance, tmp_path / "web01", trusted=trusted)
+    address = sshd.host.address
+    add_static_target(rsa_appliance.state.engine, "web01", address, sshd.port)
     for under_test in (appliance, rsa_appliance):
-        add_static_target(under_test.state.engine, "web01", host.address, sshd.port)
-        under_test.start()
+        # Every refusal here comes from one address: keep it from locking.
+        under_test.start(web_lockout_failures="1000")
     cas = {
         "user": appliance.state_path / "ca" / "user_ca",
         "rsa": rsa_appliance.state_path / "ca" / "user_ca",
