@@ -22,6 +22,7 @@ password, a TOTP code or secret, or a token, and no session content.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -371,7 +372,9 @@ def read_events(
     ``kind`` matches a whole kind (``tunnel.closed``) or a family
     (``tunnel``); ``where`` adds time, user and target filters.
     """
-    where = where or EventFilter(kind=kind)
+    where = where or EventFilter()
+    if kind:
+        where = dataclasses.replace(where, kind=kind)
     query = sa.select(audit_events.c.body, audit_events.c.hash)
     for condition in _conditions(where):
         query = query.where(condition)
@@ -399,14 +402,20 @@ def _conditions(where: EventFilter) -> Iterator[sa.ColumnElement[bool]]:
         yield table.c.target == where.target
 
 
+_AGO = re.compile(r"\s*\d+\s*[smhd]\s*")
+
+
 def parse_moment(text: str, now: datetime | None = None) -> str:
     """Turn ``2024-05-01``, an ISO time (UTC unless it says), or ``2h`` ago
     into the timestamp form events are stored with."""
     now = now or datetime.now(UTC)
-    try:
-        return utc_timestamp(now - timedelta(seconds=parse_duration(text)))
-    except ValueError:
-        pass
+    # A bare number could be a year; only a number with a unit is "ago".
+    if _AGO.fullmatch(text):
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise InputError(f"{text!r} is not a time: {exc}") from None
+        return utc_timestamp(now - timedelta(seconds=seconds))
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -276,8 +276,9 @@ def test_parse_moment_reads_dates_times_and_durations() -> None:
     assert audit.parse_moment("2024-04-30", now) == "2024-04-30T00:00:00.000Z"
     assert audit.parse_moment("2024-04-30T14:30Z") == "2024-04-30T14:30:00.000Z"
     assert audit.parse_moment("2024-04-30T14:30-02:30") == "2024-04-30T17:00:00.000Z"
-    with pytest.raises(InputError, match="is not a time"):
-        audit.parse_moment("yesterday")
+    for text in ("yesterday", "2024", "0m"):
+        with pytest.raises(InputError, match="is not a time"):
+            audit.parse_moment(text)
 
 
 def test_table_escapes_control_characters() -> None:
