@@ -562,7 +562,7 @@ def authenticate(
         logger.info("Login of %r from %s via %s", name, address, via)
         return find_user(state.engine, name)
     if failure != "locked":
-        _record_failures(state, keys)
+        record_failures(state, keys)
     state.auditor.record(
         "login.failed", actor=name[:64], source=address, outcome=failure, via=via
     )
@@ -576,7 +576,7 @@ def _check_factors(
 ) -> str | None:
     """Return None when every factor holds, else a word for the audit trail."""
     row = _login_row(state.engine, name)
-    if _locked(state.engine, keys):
+    if is_locked(state.engine, keys):
         _dummy_verify(password)
         return "locked"
     if row is None or row.disabled or not row.totp_active:
@@ -642,8 +642,8 @@ def lockout_keys(name: str, address: str) -> tuple[str, str]:
     return f"user:{name[:64]}", f"addr:{where}"
 
 
-def _locked(engine: Engine, keys: tuple[str, ...]) -> bool:
-    """Whether any of ``keys`` is locked now."""
+def is_locked(engine: Engine, keys: tuple[str, ...]) -> bool:
+    """Whether any of the lockout ``keys`` is locked now (the bastion asks too)."""
     query = sa.select(lockouts.c.key).where(
         lockouts.c.key.in_(keys), lockouts.c.locked_until > _now()
     )
@@ -651,8 +651,8 @@ def _locked(engine: Engine, keys: tuple[str, ...]) -> bool:
         return connection.execute(query).first() is not None
 
 
-def _record_failures(state: State, keys: tuple[str, ...]) -> None:
-    """Count one failure against each key and lock those over the limit."""
+def record_failures(state: State, keys: tuple[str, ...]) -> None:
+    """Count one failure against each lockout key; lock those over the limit."""
     web = state.config.web
     with state.engine.begin() as connection:
         for key in keys:
@@ -705,6 +705,11 @@ def _extend_lock(connection: Connection, key: str, until: datetime) -> None:
         )
         .values(locked_until=until)
     )
+
+
+# Old private names, until the bastion calls the public ones.
+_locked = is_locked
+_record_failures = record_failures
 
 
 def _clear_failures(engine: Engine, key: str) -> None:
