@@ -52,6 +52,33 @@ from .state import State
 
 logger = logging.getLogger(__name__)
 
+#: Offers of keys on one connection before it is closed (OpenSSH's
+#: MaxAuthTries), and the largest key blob worth reading.
+MAX_AUTH_ATTEMPTS = 6
+MAX_KEY_BLOB = 16 * 1024
+
+#: Key exchange and MAC algorithms offered: no SHA-1, no small groups.
+KEX_ALGS = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp521",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp256",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group14-sha256",
+)
+MAC_ALGS = (
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+    "umac-128@openssh.com",
+)
+
 ONLY_FORWARDS = (
     "jit-bastion only forwards connections to granted targets: "
     "use ssh -J USER@BASTION USER@TARGET"
@@ -98,6 +125,8 @@ class Bastion:
             keepalive_interval=ssh.keepalive_interval,
             keepalive_count_max=3,
             encryption_algs=list(ssh.ciphers),
+            kex_algs=list(KEX_ALGS),
+            mac_algs=list(MAC_ALGS),
         )
         self._watcher = asyncio.create_task(self._watch_revocations())
         self._head_logger = asyncio.create_task(
@@ -176,7 +205,7 @@ class Bastion:
         key = identity.lockout_keys("", address)[1]
         try:
             locked = await asyncio.to_thread(
-                identity._locked, self.state.engine, (key,)
+                identity.is_locked, self.state.engine, (key,)
             )
         except SQLAlchemyError:
             return "the appliance's store is unavailable"
@@ -187,7 +216,7 @@ class Bastion:
         """Count one failure against ``address`` in the shared lockout."""
         key = identity.lockout_keys("", address)[1]
         try:
-            await asyncio.to_thread(identity._record_failures, self.state, (key,))
+            await asyncio.to_thread(identity.record_failures, self.state, (key,))
         except SQLAlchemyError as exc:
             logger.error("Could not count a failure: %s", type(exc).__name__)
 
@@ -225,7 +254,10 @@ class Bastion:
         interval = self.state.config.ssh.revocation_poll
         while True:
             await asyncio.sleep(interval)
-            live = {c.serial: c for c in self.connections if c.serial is not None}
+            live: dict[int, list[BastionConnection]] = {}
+            for connection in self.connections:
+                if connection.serial is not None:
+                    live.setdefault(connection.serial, []).append(connection)
             if not live:
                 continue
             try:
@@ -236,7 +268,8 @@ class Bastion:
                 logger.exception("Could not read revocations; will retry")
                 continue
             for serial in revoked:
-                live[serial].close_with("certificate revoked")
+                for connection in live[serial]:
+                    connection.close_with("certificate revoked")
 
 
 class BastionConnection(asyncssh.SSHServer):
@@ -253,6 +286,8 @@ class BastionConnection(asyncssh.SSHServer):
         self.tunnels: set[Tunnel] = set()
         self._conn: asyncssh.SSHServerConnection | None = None
         self._login_refusal: str | None = None
+        self._offers = 0
+        self._closed = False
         self._logins_checked: set[str] = set()
         # Keyed by login and key: a client may change the login between
         # attempts, and a verdict for one login says nothing of another.
@@ -285,8 +320,12 @@ class BastionConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection and record how it ended."""
         self._bastion.connections.discard(self)
+        self._closed = True
         if self._expiry:
             self._expiry.cancel()
+        for tunnel in list(self.tunnels):
+            if not tunnel.attached:
+                tunnel.close("the connection closed before the tunnel attached")
         reason = self._closing_reason or (str(exc) if exc else "closed by client")
         self._log(logging.INFO, "Connection closed: %s", reason)
         if self.certificate:
@@ -364,8 +403,19 @@ class BastionConnection(asyncssh.SSHServer):
         """Return why an offered key must be refused, or None to go on."""
         if (username, key_data) in self._verdicts:
             return self._verdicts[username, key_data]
-        lock = await self._bastion.address_lock(self.peer)
-        reason = lock or self._login_refusal or await self._judge(username, key_data)
+        self._offers += 1
+        if self._offers > MAX_AUTH_ATTEMPTS:
+            return self._too_many_offers()
+        if len(key_data) > MAX_KEY_BLOB:
+            too_large = "the offered key is too large to be a certificate"
+            self._verdicts[username, key_data] = too_large
+            self._refuse_auth(too_large)
+            return too_large
+        reason = self._login_refusal or await self._judge(username, key_data)
+        # A lock stops guessing, not the holder of a good certificate: a few
+        # junk attempts from a shared NAT address must not lock everyone out.
+        lock = await self._bastion.address_lock(self.peer) if reason else None
+        reason = lock or reason
         self._verdicts[username, key_data] = reason
         if reason:
             self._refuse_auth(reason, key_data)
@@ -430,12 +480,30 @@ class BastionConnection(asyncssh.SSHServer):
 
         return recorded
 
+    def _too_many_offers(self) -> str:
+        """Close a connection that keeps offering keys."""
+        reason = "too many authentication attempts"
+        if not self._closing_reason:
+            self._refuse_auth(reason)
+            self.close_with(reason)
+
+        return reason
+
+    def refused_by_asyncssh(self, username: str, key_data: bytes) -> None:
+        """Record a certificate that passed the bastion's checks but failed
+        asyncssh's own (a bad CA or user signature)."""
+        if self._verdicts.get((username, key_data)) is None:
+            reason = "the certificate failed the signature checks"
+            self._verdicts[username, key_data] = reason
+            self._refuse_auth(reason, key_data)
+
     def _refuse_auth(self, reason: str, key_data: bytes | None = None) -> None:
         serial = key_id = None
         if key_data and is_certificate_blob(key_data):
             try:
                 cert = parse_certificate(key_data)
-                serial, key_id = cert.serial, cert.key_id
+                # Not verified yet: keep it short, it is the client's word.
+                serial, key_id = cert.serial, cert.key_id[:64]
             except MalformedCertificate:
                 pass
         self._log(logging.WARNING, "Refused authentication: %s", reason)
@@ -461,7 +529,7 @@ class BastionConnection(asyncssh.SSHServer):
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         """Remote forwarding (``ssh -R``) is refused."""
         self._log(
-            logging.INFO, "Refused remote forwarding of %s:%d", listen_host, listen_port
+            logging.INFO, "Refused remote forwarding of %r:%d", listen_host, listen_port
         )
         self._bastion.audit(
             "tunnel.refused",
@@ -487,7 +555,14 @@ class BastionConnection(asyncssh.SSHServer):
         return self._open_tunnel(dest_host, dest_port)
 
     async def _open_tunnel(self, dest_host: str, dest_port: int) -> Tunnel:
-        where = f"{dest_host}:{dest_port}"
+        # repr: the destination is the client's text and goes to the log.
+        where = f"{dest_host!r}:{dest_port}"
+        if len(self.tunnels) >= self._state.config.ssh.max_tunnels_per_connection:
+            self._refuse_tunnel(
+                where,
+                "too many tunnels on this connection",
+                asyncssh.OPEN_RESOURCE_SHORTAGE,
+            )
         try:
             target, port = await self._locate(dest_host, dest_port)
             tunnel = await open_tunnel(
@@ -519,6 +594,11 @@ class BastionConnection(asyncssh.SSHServer):
             tunnel.close("the audit trail cannot be written")
             self._refuse_tunnel(
                 where, "the audit trail cannot be written", asyncssh.OPEN_CONNECT_FAILED
+            )
+        if self._closed:
+            tunnel.close("the connection closed before the tunnel attached")
+            self._refuse_tunnel(
+                where, "the connection closed", asyncssh.OPEN_CONNECT_FAILED
             )
         self.tunnels.add(tunnel)
         self._log(
@@ -734,6 +814,8 @@ def _wrap_certificate_checks(
         accepted = await original_validate(username, key_data, msg, signature)
         if accepted and msg:
             return await owner.accept_offer(key_data)
+        if not accepted:
+            owner.refused_by_asyncssh(username, key_data)
         return accepted
 
     async def validate_certificate(username: str, cert: Any) -> asyncssh.SSHKey | None:

@@ -111,6 +111,7 @@ class SSHSection:
     connect_timeout: int = 10
     allowed_ports: tuple[int, ...] = (22,)
     revocation_poll: int = 1
+    max_tunnels_per_connection: int = 100
     ciphers: tuple[str, ...] = (
         "aes128-gcm@openssh.com",
         "aes256-gcm@openssh.com",

@@ -168,6 +168,11 @@ class Tunnel(asyncssh.SSHTCPSession[bytes]):
             self._transport.close()
         self._finish()
 
+    @property
+    def attached(self) -> bool:
+        """Whether the SSH channel has taken this tunnel."""
+        return self._chan is not None
+
     def close(self, reason: str) -> None:
         """Close the tunnel from the bastion's side, saying why."""
         self.close_reason = reason
@@ -175,6 +180,9 @@ class Tunnel(asyncssh.SSHTCPSession[bytes]):
             self._chan.close()
         if self._transport is not None:
             self._transport.abort()
+        if self._chan is None:
+            # No channel will ever report this tunnel's end: do it here.
+            self._finish()
 
     def _close_when_both_done(self) -> None:
         """Close the channel once both directions have ended."""

@@ -26,6 +26,7 @@ from appliance.access import Issued
 from appliance.state import State
 from tests.netlab import Host, wait_for_line
 
+ROOT = Path(__file__).resolve().parents[1]
 JIT_BASTION = [sys.executable, "-m", "appliance.cli"]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
