@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -164,15 +164,18 @@ def _columns(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _COPIED = ("ts", "kind", "actor", "target")
+#: The copied columns' lengths, looked up once: verify needs them per event.
+_LENGTHS: dict[str, int | None] = {
+    name: getattr(audit_events.c[name].type, "length", None) for name in _COPIED
+}
 
 
 def _column_text(name: str, value: Any) -> str | None:
     """A text copy of a value, cut to fit its column (PostgreSQL enforces it)."""
     if value is None:
         return None
-    length = getattr(audit_events.c[name].type, "length", None)
 
-    return str(value)[:length]
+    return str(value)[: _LENGTHS[name]]
 
 
 # Verifying the chain.
@@ -286,6 +289,10 @@ def _check_tail(
     return None
 
 
+#: The columns in StoredEvent's field order, so a row builds it by position.
+_STORED_COLUMNS = tuple(audit_events.c[f.name] for f in fields(StoredEvent))
+
+
 def _iter_events(engine: Engine, batch: int) -> Iterator[StoredEvent]:
     """Yield stored events in order, a batch at a time."""
     last = 0
@@ -293,7 +300,7 @@ def _iter_events(engine: Engine, batch: int) -> Iterator[StoredEvent]:
     while True:
         with engine.connect() as connection:
             rows = connection.execute(
-                sa.select(table)
+                sa.select(*_STORED_COLUMNS)
                 .where(table.c.seq > last)
                 .order_by(table.c.seq)
                 .limit(batch)
@@ -301,8 +308,8 @@ def _iter_events(engine: Engine, batch: int) -> Iterator[StoredEvent]:
         if not rows:
             return
         for row in rows:
-            yield StoredEvent(**row._mapping)
-        last = rows[-1].seq
+            yield StoredEvent(*row)
+        last = rows[-1][0]
 
 
 def read_head(engine: Engine) -> tuple[int, str]:
