@@ -21,6 +21,7 @@ def test_demo_logs_in_to_the_target_through_the_bastion() -> None:
         **os.environ,
         "JIT_DEMO_SSH_PORT": str(_free_port()),
         "JIT_DEMO_TARGET_PORT": str(_free_port()),
+        "JIT_DEMO_WEB_PORT": str(_free_port()),
     }
 
     result = subprocess.run(
@@ -35,6 +36,10 @@ def test_demo_logs_in_to_the_target_through_the_bastion() -> None:
     assert f"Logged in to {socket.gethostname()} as " in result.stdout
     assert "through jit-bastion" in result.stdout
     assert "ssh -F" in result.stdout
+    assert "/enroll/" in result.stdout
+    if os.geteuid() == 0:
+        assert "Logged in to db01 (" in result.stdout
+        assert "after the bastion started it" in result.stdout
 
 
 def test_demo_refuses_a_port_that_is_taken() -> None:
