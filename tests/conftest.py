@@ -43,29 +43,32 @@ def person() -> str:
     return "alice"
 
 
-def _create_postgres_database() -> str:
-    """Create an empty PostgreSQL database; return its URL."""
+def _postgres(statement: str) -> None:
+    """Run one statement as the PostgreSQL admin, outside a transaction."""
     import sqlalchemy as sa
 
-    name = f"jb_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            connection.execute(sa.text(statement))
     except sa.exc.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN} is not reachable: {exc}")
     finally:
         admin.dispose()
-    # Through the socket: a bastion in a namespace has a loopback of its own.
-    return f"postgresql+psycopg://postgres@/{name}?host=/var/run/postgresql"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """Each store test runs on SQLite (None: the default) and PostgreSQL."""
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each store test runs on SQLite (None: the default) and PostgreSQL,
+    in a database of its own that is dropped afterwards."""
     if request.param == "sqlite":
-        return None
-    return _create_postgres_database()
+        yield None
+        return
+    name = f"jb_{uuid.uuid4().hex[:12]}"
+    _postgres(f'CREATE DATABASE "{name}"')
+    # Through the socket: a bastion in a namespace has a loopback of its own.
+    yield f"postgresql+psycopg://postgres@/{name}?host=/var/run/postgresql"
+    _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
