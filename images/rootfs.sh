@@ -40,16 +40,19 @@ in_root() {
             LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"' sh "$root" "$@"
 }
 
-# Unpacks into ROOT the debootstrap base holding the packages listed in
-# the given files, made once and kept in $cache keyed by its inputs.
+# Unpacks into ROOT a base rootfs: debootstrap with the packages listed in
+# the first file, then apt with those in any further files (apt, unlike
+# debootstrap, resolves virtual packages: cloud-init needs that). Made
+# once and kept in $cache, keyed by the mirror and the package lists.
 unpack_base() {
-    local root=$1
-    shift
+    local root=$1 first=$2
+    shift 2
     local mirror packages key base
     mirror=$(read_mirror)
     [[ -n "$mirror" ]] || { log "no Debian mirror in apt sources; set JIT_BASTION_MIRROR"; exit 1; }
-    packages=$(grep -hv '^#' "$@" | xargs | tr ' ' ',')
-    key=$(printf '%s\n' "$suite" "$mirror" "$packages" | sha256sum | cut -c1-16)
+    packages=$(grep -hv '^#' "$first" | xargs | tr ' ' ',')
+    key=$({ printf '%s\n' "$suite" "$mirror" "$packages"; cat "$@"; } \
+        | sha256sum | cut -c1-16)
     base=$cache/base-$suite-$key.tar
     if [[ ! -f "$base" ]]; then
         log "debootstrap $suite from $mirror (cached as $base)"
@@ -57,6 +60,13 @@ unpack_base() {
         rm -rf "$base.d"
         debootstrap --variant=minbase --cache-dir="$cache/debs" \
             --include="$packages" "$suite" "$base.d" "$mirror" >&2
+        if (($#)); then
+            write_apt_sources "$base.d" "$mirror"
+            upgrade_root "$base.d"
+            install_packages "$base.d" "$@"
+            in_root "$base.d" apt-get -qq clean
+            rm -rf "$base.d"/var/lib/apt/lists/*
+        fi
         tar --numeric-owner -C "$base.d" -cf "$base.tmp" .
         mv "$base.tmp" "$base"
         rm -rf "$base.d"
@@ -85,6 +95,16 @@ upgrade_root() {
         dist-upgrade >&2
 }
 
+# Installs the packages listed in the given files with apt, which, unlike
+# debootstrap, resolves virtual packages (cloud-init needs that).
+install_packages() {
+    local root=$1
+    shift
+    # shellcheck disable=SC2046 # one word per package
+    in_root "$root" apt-get -qq -y --no-install-recommends install \
+        $(grep -hv '^#' "$@") >&2
+}
+
 # Builds the appliance's wheel and the wheels it depends on into DIR.
 build_wheelhouse() {
     local dir=$1 venv=$cache/build-venv
@@ -111,7 +131,9 @@ install_appliance() {
     install -m 0644 images/systemd/*.service "$root/etc/systemd/system/"
     install -m 0644 images/systemd/jit-bastion.default \
         "$root/etc/default/jit-bastion"
-    install -d -m 0700 "$root/etc/jit-bastion"
+    # Secrets for the services (a token file) go here: root writes, the
+    # services' group reads.
+    in_root "$root" install -d -m 0750 -o root -g jit-bastion /etc/jit-bastion
     install -D -m 0644 images/systemd/jit-bastion.issue \
         "$root/etc/issue.d/jit-bastion.issue"
     in_root "$root" systemctl enable jit-bastion-firstboot.service \
