@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit 1 when a section failed."""
     args = build_parser().parse_args(argv)
+    # Paths are read relative to where the command was given, before the
+    # work directory becomes the current one.
+    for name in ("out", "json", "candidate"):
+        if getattr(args, name):
+            setattr(args, name, getattr(args, name).resolve())
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
@@ -242,9 +247,34 @@ def describe_run(
         "",
         *notes,
         "",
+        *READING,
     ]
 
     return "\n".join(lines)
+
+
+#: How to read the table, printed under it.
+READING = [
+    "How to read it:",
+    "",
+    "- Both hops run in one network namespace and take turns with the same",
+    "  client, ssh_config and cipher; the target is a real sshd (setup) or a",
+    "  TCP sink/source (everything else) in a namespace of its own. OpenSSH",
+    "  is sshd with AllowTcpForwarding local, PermitOpen the target,",
+    "  ForceCommand /bin/false and the same user CA.",
+    "- Figures are medians with (min-max) over the rounds; a ratio is",
+    "  jit-bastion over OpenSSH; relative goals are held to the ratio.",
+    "- CPU is utime+stime from /proc of the hop's process tree: for sshd the",
+    "  listener, its per-connection children and what they left in cutime.",
+    "- Memory: RSS sums each process's resident pages (for sshd's hundreds of",
+    "  processes that counts shared pages many times); PSS shares them out.",
+    "- The cipher column is what ssh -v reported was negotiated. With no",
+    "  Ciphers line OpenSSH's client picks chacha20-poly1305 whatever order",
+    "  the server offers: the client's preference decides.",
+    "- The machine is shared: other work shows up as spread between rounds",
+    "  and as lower throughput for both hops alike.",
+    "",
+]
 
 
 def _first_line(path: str, prefix: str) -> str:
