@@ -156,3 +156,16 @@ def _client_config(
         )  # fmt: skip
         cert_path(key).write_text((image.root / "tmp" / "id-cert.pub").read_text())
     return client.config(image, key, [target])  # type: ignore[arg-type]
+
+
+def test_firewall_unit_loads_the_generated_ruleset(booted: ImageAppliance) -> None:
+    if booted.cli("firewall", "--help", check=False).returncode != 0:
+        pytest.xfail("'jit-bastion firewall show' does not exist yet")
+
+    booted.run_oneshot("jit-bastion-firewall.service")
+    listing = booted.host.run(
+        booted.command("jit-bastion-firewall.service", ["nft", "list", "ruleset"])
+    )
+
+    assert listing.returncode == 0, listing.stderr
+    assert "table" in listing.stdout
