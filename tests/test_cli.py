@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.identity import add_user
+from appliance.inventory import add_static_target
 from tests.harness import JIT_BASTION, ApplianceUnderTest, keygen
 
 
@@ -127,8 +129,8 @@ def test_cert_issue_refuses_bad_input_clearly(
         "GARBAGE": str(tmp_path / "garbage"),
         "RSA1024": f"{rsa}.pub",
     }
-    appliance.cli("user", "add", person)
-    appliance.cli("target", "add", "web01", "192.0.2.10")
+    add_user(appliance.state.engine, person)
+    add_static_target(appliance.state.engine, "web01", "192.0.2.10", 22)
     defaults = {
         "--public-key": f"{key}.pub",
         "--target": "web01",
