@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,24 @@ _SCALARS = {"string", "integer", "number", "null", "array", "object"}
 
 
 def schema_dir() -> Path:
-    """Return ``<repo>/../shared/pve-api``, where CI and developers keep it."""
+    """Return ``$JIT_PVE_API_SCHEMA_DIR``, else ``<repo>/../shared/pve-api``,
+    where CI and developers keep the official schema."""
+    configured = os.environ.get("JIT_PVE_API_SCHEMA_DIR")
+    if configured:
+        return Path(configured).resolve()
     repo = Path(__file__).resolve().parents[2]
     return (repo / ".." / "shared" / "pve-api").resolve()
+
+
+def missing_schema() -> str | None:
+    """Say why the schema cannot be read, or None when it can."""
+    path = schema_dir() / SCHEMA_FILE
+    if path.is_file():
+        return None
+    return (
+        f"the official Proxmox API schema is not at {path}: put pve-docs' "
+        f"{SCHEMA_FILE} there or name its folder in JIT_PVE_API_SCHEMA_DIR"
+    )
 
 
 @functools.cache

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import schema
 from .cluster import ROUTES, Cluster, Failure
 from .tls import TLSFiles
 
@@ -49,6 +50,10 @@ class PVEDouble:
     """A Proxmox VE API on 127.0.0.1 over HTTPS, for tests and the demo."""
 
     def __init__(self, tls: TLSFiles, cluster: Cluster | None = None) -> None:
+        problem = schema.missing_schema()
+        if problem:
+            # Without it every call would fail inside a handler thread.
+            raise FileNotFoundError(problem)
         self.cluster = cluster or Cluster()
         self.tls = tls
         self.exchanges: list[Exchange] = []
