@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_audit(commands)
     _add_proxmox(commands)
+    firewall = commands.add_parser("firewall", help="the appliance's nftables")
+    firewall_actions = firewall.add_subparsers(required=True, metavar="ACTION")
+    show = firewall_actions.add_parser("show", help="print the ruleset")
+    show.set_defaults(handler=cmd_firewall_show)
     check = commands.add_parser("check", help="validate config and state")
     check.set_defaults(handler=cmd_check)
 
@@ -475,6 +479,14 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     else:
         print("\n".join(audit.format_table(events)))
 
+    return 0
+
+
+def cmd_firewall_show(args: argparse.Namespace) -> int:
+    """Print the nftables ruleset made from the config."""
+    from .firewall import generate_ruleset
+
+    print(generate_ruleset(load_config(state_dir(args.state))), end="")
     return 0
 
 

@@ -164,6 +164,14 @@ class ProxmoxSection:
 
 
 @dataclass(frozen=True)
+class NetworkSection:
+    """[network]: who may reach the appliance and where it may connect."""
+
+    client_networks: tuple[str, ...] = ()
+    target_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AuditSection:
     """[audit]: where the audit trail goes besides the database."""
 
@@ -183,6 +191,7 @@ class Config:
     web: WebSection = field(default_factory=WebSection)
     proxmox: ProxmoxSection = field(default_factory=ProxmoxSection)
     audit: AuditSection = field(default_factory=AuditSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
     policy: tuple[Mapping[str, Any], ...] = ()
 
 
@@ -329,6 +338,9 @@ def _convert(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list):
             raise TypeError(f"must be a list, not {value!r}")
         return tuple(value)
+    if isinstance(value, bool):
+        # JIT_BASTION_PROXMOX_VERIFY_TLS=false reads as a TOML boolean.
+        return "true" if value else "false"
     if not isinstance(value, str):
         raise TypeError(f"must be a string, not {value!r}")
 
@@ -347,14 +359,17 @@ def _cross_check(config: Config) -> list[str]:
     certs = config.certificates
     if certs.default_ttl > certs.max_ttl:
         problems.append("certificates.default_ttl is longer than certificates.max_ttl")
-    for network in certs.source_addresses:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            problems.append(
-                f"certificates.source_addresses: {network!r} is not an "
-                "address or network"
-            )
+    listed = (
+        ("certificates.source_addresses", certs.source_addresses),
+        ("network.client_networks", config.network.client_networks),
+        ("network.target_networks", config.network.target_networks),
+    )
+    for key, networks in listed:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                problems.append(f"{key}: {network!r} is not an address or network")
     try:
         parse_guest_addresses(config.proxmox.addresses)
     except ValueError as exc:
