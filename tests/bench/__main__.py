@@ -190,8 +190,8 @@ _SECTION_RUNNERS: dict[str, Runner] = {
     "throughput": _throughput,
     "setup": lambda lab, s, _: measure_setup(lab, s.tunnels, AES),
     "crowd": lambda lab, s, _: measure_crowds(lab, s.tunnels, AES),
-    "issuance": lambda lab, s, _: measure_issuance(lab, s.issuance),
-    "guests": lambda lab, s, _: measure_guest_list(lab.directory, s.guests),
+    "issuance": lambda lab, s, c: measure_issuance(lab, s.issuance, c),
+    "guests": lambda lab, s, c: measure_guest_list(lab.directory, s.guests, c),
     "audit": lambda lab, s, c: measure_verify(lab.directory, s.chain, c),
 }
 

@@ -10,6 +10,10 @@ building of every target) and once more from the cache.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from pathlib import Path
 from appliance import inventory
 from appliance.state import CONFIG_NAME, State, initialize, set_config_value
 
+from .lab import REPO
 from .report import Figure, Row, at_most
 
 TOKEN_ID = "bastion@pve!jit"
@@ -42,8 +47,14 @@ def present() -> str:
     return ""
 
 
-def measure_guest_list(directory: Path, settings: GuestSettings) -> list[Row]:
-    """Rows for listing the targets from cache and after a refresh."""
+def measure_guest_list(
+    directory: Path, settings: GuestSettings, candidate: Path | None = None
+) -> list[Row]:
+    """Rows for listing the targets from cache and after a refresh.
+
+    Each checkout (this one, and ``candidate`` if given) lists in a
+    process of its own, against a double of its own with the same guests.
+    """
     name = f"Target list, {settings.guests:,} guests"
     missing = present()
     if missing:
@@ -51,42 +62,69 @@ def measure_guest_list(directory: Path, settings: GuestSettings) -> list[Row]:
             Row(f"{name}, from cache", "ms", goal=at_most(100), note=missing),
             Row(f"{name}, after a refresh", "ms", note=missing),
         ]
-    cached, fresh = _time_listing(directory, settings)
-    label = "-"
+    checkouts = {"jit-bastion": None, "candidate": candidate}
+    times = {
+        label: _time_in_process(directory / label, settings, checkout)
+        for label, checkout in checkouts.items()
+        if label == "jit-bastion" or checkout
+    }
 
     return [
         Row(
             f"{name}, from cache",
             "ms",
-            label,
-            {"jit-bastion": Figure.of(cached)},
+            "-",
+            {k: Figure.of(v["cached"]) for k, v in times.items()},
             at_most(100),
         ),
-        Row(f"{name}, after a refresh", "ms", label, {"jit-bastion": Figure.of(fresh)}),
+        Row(
+            f"{name}, after a refresh",
+            "ms",
+            "-",
+            {k: Figure.of(v["fresh"]) for k, v in times.items()},
+        ),
     ]
 
 
-def _time_listing(
-    directory: Path, settings: GuestSettings
-) -> tuple[list[float], list[float]]:
+def _time_in_process(
+    directory: Path, settings: GuestSettings, checkout: Path | None
+) -> dict[str, list[float]]:
+    """Run :func:`time_listing` in a process that imports ``checkout``."""
+    directory.mkdir(parents=True)
+    paths = [str(checkout)] if checkout else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, str(REPO)])}
+    argv = [sys.executable, "-m", "tests.bench.guestlist", str(directory)]
+    argv += [str(settings.guests), str(settings.rounds)]
+    result = subprocess.run(
+        argv, cwd=directory, env=env, capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"listing the guests failed:\n{result.stderr[-2000:]}")
+    times: dict[str, list[float]] = json.loads(result.stdout)
+
+    return times
+
+
+def time_listing(directory: Path, guests: int, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds of each listing: after dropping the cache, then from it."""
     from tests.pvedouble import PVEDouble, write_tls_files
 
     secret = str(uuid.uuid4())
     (directory / "pve-tls").mkdir()
     double = PVEDouble(write_tls_files(directory / "pve-tls"))
-    _populate(double, settings.guests, secret)
+    _populate(double, guests, secret)
     with double:
         state = _state(directory / "guests-state", double.url, secret, double.tls.ca)
-        guests = inventory.guest_inventory(state.config)
-        assert guests is not None
+        source = inventory.guest_inventory(state.config)
+        assert source is not None
         cached, fresh = [], []
-        for _ in range(settings.rounds):
-            guests.invalidate()
-            fresh.append(_listing_ms(state, settings.guests))
-            cached.append(_listing_ms(state, settings.guests))
-        guests.client.close()
+        for _ in range(rounds):
+            source.invalidate()
+            fresh.append(_listing_ms(state, guests))
+            cached.append(_listing_ms(state, guests))
+        source.client.close()
 
-    return cached, fresh
+    return {"cached": cached, "fresh": fresh}
 
 
 def _listing_ms(state: State, expected: int) -> float:
@@ -131,3 +169,15 @@ def _state(path: Path, url: str, secret: str, ca: Path) -> State:
     config.write_text(text)
 
     return State.open(path)
+
+
+def main(argv: list[str]) -> int:
+    """``DIRECTORY GUESTS ROUNDS``: print the listing times as JSON."""
+    times = time_listing(Path(argv[0]), int(argv[1]), int(argv[2]))
+    print(json.dumps(times))
+
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,10 +10,14 @@ the login, HTTP and TLS, so the two rows show where the time goes.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from appliance import access, identity
 from appliance.state import State
@@ -62,12 +66,24 @@ def api_present() -> bool:
     return api.blueprint.url_prefix == "/api/v1" and hasattr(api, "certificates")
 
 
-def measure_issuance(lab: Lab, settings: IssuanceSettings) -> list[Row]:
-    """Issuance rows: the API's (or why not) and in-process."""
-    cost = argon2_cost(settings.verifies)
-    rows = _api_rows(lab, settings, cost) if api_present() else _missing_api_rows()
+def measure_issuance(
+    lab: Lab, settings: IssuanceSettings, candidate: Path | None = None
+) -> list[Row]:
+    """Issuance rows: the API's (or why not) and in-process.
 
-    return rows + _in_process_rows(lab, settings)
+    With a ``candidate`` checkout, its web UI answers the same requests
+    after this one's, for people enrolled with its own password hasher.
+    """
+    if not api_present():
+        return _missing_api_rows() + _in_process_rows(lab, settings)
+    checkouts = {"jit-bastion": None, "candidate": candidate}
+    runs = {
+        label: _api_run(lab, settings, label, checkout)
+        for label, checkout in checkouts.items()
+        if label == "jit-bastion" or checkout
+    }
+
+    return _api_rows(runs, settings) + _in_process_rows(lab, settings)
 
 
 def _missing_api_rows() -> list[Row]:
@@ -124,53 +140,100 @@ def _public_key() -> str:
     return public_key_line()
 
 
-def _api_rows(lab: Lab, settings: IssuanceSettings, cost: str) -> list[Row]:
+@dataclass(frozen=True)
+class APIRun:
+    """One web UI's answers: latencies one at a time, rate four at a time."""
+
+    latencies: list[float]
+    rate: float
+    cost: str
+    workers: str
+
+
+def _api_run(
+    lab: Lab, settings: IssuanceSettings, label: str, checkout: Path | None
+) -> APIRun:
     from tests.web.server import WebUnderTest
 
-    people = _enroll(lab, settings.sequential + settings.parallel)
-    host = lab.appliance.host
-    web = WebUnderTest(lab.appliance, host, host.free_port(8443))
+    count = settings.sequential + settings.parallel
+    enrolled = _enroll(lab, count, label, checkout, settings.verifies)
+    owner = lab.candidate if checkout and lab.candidate else lab.appliance
+    host = owner.host
+    web = WebUnderTest(owner, host, host.free_port(8443))
     workers = str(settings.workers or lab.appliance.state.config.web.workers)
     web.start(web_workers=workers)
     try:
-        result = _run_client(lab, web.url, people, settings)
+        result = _run_client(lab, web.url, enrolled["people"], settings)
     finally:
         web.stop()
     latencies = [s * 1000 for s in result["latencies"]]
     rate = result["parallel"] / result["parallel_seconds"]
-    label = f"TLS; {cost}"
+
+    return APIRun(latencies, rate, enrolled["cost"], workers)
+
+
+def _api_rows(runs: dict[str, APIRun], settings: IssuanceSettings) -> list[Row]:
+    mine = runs["jit-bastion"]
+    label = f"TLS; {mine.cost}"
+    note = ""
+    if "candidate" in runs:
+        note = f"candidate: {runs['candidate'].cost}"
 
     return [
         Row(
             "Certificate issuance via API p50",
             "ms",
             label,
-            {"jit-bastion": Figure.of(latencies)},
+            {k: Figure.of(run.latencies) for k, run in runs.items()},
+            note=note,
         ),
         Row(
             "Certificate issuance via API p95",
             "ms",
             label,
-            {"jit-bastion": Figure(percentile(latencies, 95))},
+            {k: Figure(percentile(run.latencies, 95)) for k, run in runs.items()},
             at_most(250),
         ),
         Row(
-            f"Certificate issuance via API, 4 clients, {workers} workers",
+            f"Certificate issuance via API, 4 clients, {mine.workers} workers",
             "per s",
             label,
-            {"jit-bastion": Figure(rate)},
+            {k: Figure(run.rate) for k, run in runs.items()},
         ),
     ]
 
 
-def _enroll(lab: Lab, count: int) -> list[dict[str, str]]:
-    """Enroll ``count`` people with the real hasher; one login each."""
+def _enroll(
+    lab: Lab, count: int, label: str, checkout: Path | None, verifies: int
+) -> dict[str, Any]:
+    """Enroll ``count`` people with the checkout's own password hasher.
+
+    A process of its own imports the appliance from ``checkout`` (or this
+    one), so each web UI verifies hashes made with its own parameters.
+    """
+    prefix = "bench" if label == "jit-bastion" else "cand"
+    paths = [str(checkout)] if checkout else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, str(REPO)])}
+    argv = [sys.executable, "-m", "tests.bench.issuance", "enroll"]
+    argv += [str(lab.appliance.state_path), prefix, str(count), str(verifies)]
+    result = subprocess.run(
+        argv, cwd=lab.directory, env=env, capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"enrolling people failed:\n{result.stderr[-2000:]}")
+    enrolled: dict[str, Any] = json.loads(result.stdout)
+
+    return enrolled
+
+
+def enroll_people(state_path: Path, prefix: str, count: int) -> list[dict[str, str]]:
+    """Create, invite and enroll people with this process's hasher."""
     from tests.web.people import enroll_person
 
-    state = State.open(lab.appliance.state_path)
+    state = State.open(state_path)
     people = []
     for number in range(count):
-        person = enroll_person(state, f"bench{number:04d}", time.time)
+        person = enroll_person(state, f"{prefix}{number:04d}", time.time)
         people.append(
             {
                 "name": person.name,
@@ -198,3 +261,16 @@ def _run_client(
     answer: dict[str, float] = json.loads(result.stdout)
 
     return answer
+
+
+def main(argv: list[str]) -> int:
+    """``enroll STATE PREFIX COUNT VERIFIES``: print the people and the cost."""
+    state, prefix, count, verifies = Path(argv[1]), argv[2], int(argv[3]), int(argv[4])
+    people = enroll_people(state, prefix, count)
+    print(json.dumps({"people": people, "cost": argon2_cost(verifies)}))
+
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
