@@ -331,6 +331,16 @@ class Client:
         )
         return path
 
+    def stream(self, config: Path) -> subprocess.Popen[bytes]:
+        """Keep a session to web01 busy printing ticks, for up to a minute."""
+        remote = "while :; do echo tick; sleep 0.1; done"
+        argv = ["timeout", "60", "ssh", "-F", str(config), "web01", remote]
+        return subprocess.Popen(
+            self.host.command(argv),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
     def ssh(
         self, config: Path, *args: str, timeout: float = 30, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:

@@ -466,16 +466,6 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
-def _stream(client: Client, config: Path) -> subprocess.Popen[bytes]:
-    """Keep a session through the tunnel busy printing ticks."""
-    argv = ["ssh", "-F", str(config), "web01", "while :; do echo tick; sleep 0.1; done"]
-    return subprocess.Popen(
-        client.host.command(["timeout", "60", *argv]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def test_expiry_closes_a_busy_tunnel(
     appliance: ApplianceUnderTest, target: SSHDTarget, client: Client, alice: str
 ) -> None:
@@ -484,7 +474,7 @@ def test_expiry_closes_a_busy_tunnel(
     issued = appliance.issue(alice, "web01", key, ttl="12s")
     config = client.config(appliance, key, [target])
 
-    session = _stream(client, config)
+    session = client.stream(config)
     session.wait(timeout=40)
     ended = time.time()
 
@@ -501,7 +491,7 @@ def test_revocation_closes_live_tunnels_within_two_seconds(
     key = keygen(client.directory / "id")
     issued = appliance.issue(alice, "web01", key)
     config = _start_and_config(appliance, client, target, key)
-    session = _stream(client, config)
+    session = client.stream(config)
     appliance.events("tunnel.opened", wait_for=1)
 
     revoked_at = time.monotonic()
@@ -552,7 +542,7 @@ def test_kept_sessions_outlive_expiry_but_open_no_new_tunnel(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    session = _stream(client, config)
+    session = client.stream(config)
     appliance.events("tunnel.opened", wait_for=1)
     time.sleep(max(0.0, issued.valid_before.timestamp() - time.time()) + 2)
 

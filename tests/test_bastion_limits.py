@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from appliance import access
 from tests.harness import (
@@ -123,15 +122,6 @@ def test_client_text_cannot_forge_a_log_line(
     assert not any(line.startswith("2099-01-01") for line in lines)
 
 
-def _stream(client: Client, config: Path) -> subprocess.Popen[bytes]:
-    argv = ["ssh", "-F", str(config), "web01", "while :; do echo tick; sleep 0.1; done"]
-    return subprocess.Popen(
-        client.host.command(["timeout", "60", *argv]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def test_revocation_closes_every_connection_of_a_certificate(
     appliance: ApplianceUnderTest, target: SSHDTarget, client: Client, alice: str
 ) -> None:
@@ -139,7 +129,7 @@ def test_revocation_closes_every_connection_of_a_certificate(
     appliance.start()
     issued = appliance.issue(alice, "web01", key)
     config = client.config(appliance, key, [target])
-    sessions = [_stream(client, config) for _ in range(3)]
+    sessions = [client.stream(config) for _ in range(3)]
     appliance.events("tunnel.opened", wait_for=3)
 
     revoked_at = time.monotonic()
