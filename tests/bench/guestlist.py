@@ -64,7 +64,7 @@ def measure_guest_list(
         ]
     checkouts = {"jit-bastion": None, "candidate": candidate}
     times = {
-        label: _time_in_process(directory / label, settings, checkout)
+        label: _time_in_process(directory / f"guests-{label}", settings, checkout)
         for label, checkout in checkouts.items()
         if label == "jit-bastion" or checkout
     }
