@@ -41,6 +41,7 @@ def test_ssh_config_names_key_certificate_and_jump_for_both_hops() -> None:
         "    HostKeyAlias bastion.example",
     ]
     assert '    UserKnownHostsFile "/k/known hosts"' in bastion
+    assert "    Ciphers aes128-gcm@openssh.com," in bastion
     assert target.startswith("Host web01\n    User deploy\n    ProxyJump jit-bastion\n")
     for hop in (bastion, target):
         assert "    IdentityFile /k/id\n" in hop
