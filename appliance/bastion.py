@@ -331,10 +331,7 @@ class BastionConnection(asyncssh.SSHServer):
         if self.certificate:
             self._bastion.audit(
                 "connection.closed",
-                actor=self.login,
-                source=self.peer,
-                serial=self.serial,
-                key_id=self.certificate.key_id,
+                **self._about(),
                 reason=reason,
                 outcome="closed",
             )
@@ -533,9 +530,7 @@ class BastionConnection(asyncssh.SSHServer):
         )
         self._bastion.audit(
             "tunnel.refused",
-            actor=self.login,
-            source=self.peer,
-            serial=self.serial,
+            **self._about(),
             reason="remote forwarding is not supported",
             outcome="refused",
             listen=f"{listen_host}:{listen_port}",
@@ -581,12 +576,8 @@ class BastionConnection(asyncssh.SSHServer):
             )
         recorded = await self._bastion.record(
             "tunnel.opened",
-            actor=self.login,
-            source=self.peer,
+            **self._about(),
             target=target.name,
-            serial=self.serial,
-            key_id=self._key_id,
-            request_id=self.grant.request_id if self.grant else None,
             outcome="opened",
             port=dest_port,
         )
@@ -606,6 +597,16 @@ class BastionConnection(asyncssh.SSHServer):
         )
 
         return tunnel
+
+    def _about(self) -> dict[str, Any]:
+        """Who and what every audit event of this connection names."""
+        return {
+            "actor": self.login,
+            "source": self.peer,
+            "serial": self.serial,
+            "key_id": self._key_id,
+            "request_id": self.grant.request_id if self.grant else None,
+        }
 
     @property
     def _key_id(self) -> str | None:
@@ -714,12 +715,8 @@ class BastionConnection(asyncssh.SSHServer):
         """Audit a guest start on behalf of this connection's holder."""
         self._bastion.audit(
             kind,
-            actor=self.login,
-            source=self.peer,
+            **self._about(),
             target=target.name,
-            serial=self.serial,
-            key_id=self._key_id,
-            request_id=self.grant.request_id if self.grant else None,
             reason=reason,
             outcome="failed" if reason else "started",
             upid=upid,
@@ -745,11 +742,8 @@ class BastionConnection(asyncssh.SSHServer):
         self._log(logging.WARNING, "Refused tunnel to %s: %s", where, reason)
         self._bastion.audit(
             "tunnel.refused",
-            actor=self.login,
-            source=self.peer,
+            **self._about(),
             target=where,
-            serial=self.serial,
-            key_id=self._key_id,
             reason=reason,
             outcome="refused",
         )
@@ -769,12 +763,8 @@ class BastionConnection(asyncssh.SSHServer):
         )
         self._bastion.audit(
             "tunnel.closed",
-            actor=self.login,
-            source=self.peer,
+            **self._about(),
             target=target.name,
-            serial=self.serial,
-            key_id=self._key_id,
-            request_id=self.grant.request_id if self.grant else None,
             reason=reason,
             outcome="closed",
             bytes_to_target=stats.bytes_to_target,
