@@ -116,7 +116,8 @@ def test_refused_certificates_say_why(
     key = keygen(client.directory / "id")
     ca = appliance.state_path / "ca" / "user_ca"
     signing = {"principals": alice, **signing}
-    sign(ca, key, serial=4242, key_id=f"{alice}/case", **signing)  # type: ignore[arg-type]
+    case_id = f"{alice}/case"
+    sign(ca, key, serial=4242, key_id=case_id, **signing)  # type: ignore[arg-type]
     register_grant(appliance, 4242, alice, "web01")
     appliance.start()
     config = client.config(appliance, key, [target], bastion_user=login)
